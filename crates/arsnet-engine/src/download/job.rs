@@ -1,0 +1,649 @@
+//! The download job driver: owns the pure scheduler, turns its actions into connections,
+//! requests and cancels, feeds it what the connections report, hands verified segments to
+//! the writer and publishes a live `JobInfo` snapshot. All decisions live in
+//! `arsnet-sched`; this loop only moves events and bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arsnet_proto::control::{JobId, JobInfo, JobState, SourceInfo};
+use arsnet_proto::Manifest;
+use arsnet_sched::{
+    Action, Config as SchedConfig, ConnId, Layout, Phase, Scheduler, SegmentVerdict, ServerState,
+};
+use arsnet_store::{DownloadStore, StoreError};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::connection::{spawn_connection, ConnCommand, ConnEvent, ConnHandle};
+use super::writer::{spawn_writer, WriteMsg, WriteReport, WriterConfig};
+use crate::rate::RateMeter;
+use crate::{human_bytes, human_rate};
+
+/// Tuning of a download job (defaults suit loopback and LAN alike).
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    pub pipeline_depth: usize,
+    pub stall_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Segments written between two durability points (fdatasync + journal fsync).
+    pub commit_batch: usize,
+    /// Longest time a written segment waits before it is made durable.
+    pub commit_interval: Duration,
+    /// How often the job logs its per-server metrics (the spec's client `-i`).
+    pub metric_interval: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            pipeline_depth: 4,
+            stall_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            commit_batch: 32,
+            commit_interval: Duration::from_millis(500),
+            metric_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to download, where.
+#[derive(Debug, Clone)]
+pub struct DownloadSpec {
+    pub id: JobId,
+    pub dir: PathBuf,
+    /// "host:port" of every server.
+    pub sources: Vec<String>,
+    /// Adopt a partial download found in `dir`.
+    pub resume: bool,
+    /// The file name, when known from an earlier run (picks the partial to adopt).
+    pub name: Option<String>,
+    /// Replace an existing `dir/NAME`.
+    pub overwrite: bool,
+    pub config: DownloadConfig,
+}
+
+/// Operator commands to a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCommand {
+    /// Stop at a durable point, keeping the partial files (pause, daemon shutdown).
+    Stop,
+    /// Stop and remove the partial files unless `keep`.
+    Cancel { keep: bool },
+}
+
+/// How a job run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed(PathBuf),
+    Failed(String),
+    Stopped,
+    Cancelled,
+}
+
+/// Per-server bookkeeping for metrics (the scheduler keeps the scheduling state).
+struct Source {
+    address: String,
+    /// Bytes received on connections that have ended.
+    bytes_closed: u64,
+    /// Bytes of the connection that is open now.
+    bytes_open: u64,
+    meter: RateMeter,
+    last_error: String,
+}
+
+struct Job {
+    spec: DownloadSpec,
+    started: Instant,
+    sched: Scheduler,
+    conns: HashMap<ConnId, ConnHandle>,
+    sources: Vec<Source>,
+    events_tx: mpsc::Sender<ConnEvent>,
+    manifest: Option<Arc<Manifest>>,
+    writer: Option<mpsc::Sender<WriteMsg>>,
+    reports: Option<mpsc::UnboundedReceiver<WriteReport>>,
+    adopted: u64,
+    bytes_done: u64,
+    durable: u64,
+    finishing: bool,
+    info: watch::Sender<JobInfo>,
+}
+
+fn sched_config(c: &DownloadConfig) -> SchedConfig {
+    SchedConfig {
+        pipeline_depth: c.pipeline_depth,
+        stall_timeout: c.stall_timeout,
+        handshake_timeout: c.connect_timeout * 2,
+        backoff_initial: c.backoff_initial,
+        backoff_max: c.backoff_max,
+        ..SchedConfig::default()
+    }
+}
+
+fn layout_of(manifest: &Manifest) -> Layout {
+    Layout {
+        segment_count: manifest.segment_count(),
+        fingerprint: manifest.identity(),
+    }
+}
+
+/// Finds which partial download `fetch -r` should adopt in `dir`.
+fn find_partial(dir: &Path, name: Option<&str>) -> Result<Option<String>, String> {
+    const SUFFIX: &str = ".arsnet-segments";
+    if let Some(name) = name {
+        let exists = DownloadStore::journal_path(dir, name).exists();
+        return Ok(exists.then(|| name.to_string()));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    match names.len() {
+        0 => Ok(None),
+        1 => Ok(names.pop()),
+        _ => Err(format!(
+            "{} holds several partial downloads ({}); resume needs exactly one per directory",
+            dir.display(),
+            names.join(", ")
+        )),
+    }
+}
+
+/// Runs one download until it completes, fails, or is stopped by `commands`. Progress is
+/// published on `info` after every change of state and every tick.
+pub async fn run_download(
+    spec: DownloadSpec,
+    info: watch::Sender<JobInfo>,
+    mut commands: mpsc::Receiver<JobCommand>,
+) -> Outcome {
+    if let Err(e) = std::fs::create_dir_all(&spec.dir) {
+        return Outcome::Failed(format!("cannot create {}: {e}", spec.dir.display()));
+    }
+    let started = Instant::now();
+    let (events_tx, mut events_rx) = mpsc::channel(32);
+    let sources = spec
+        .sources
+        .iter()
+        .map(|a| Source {
+            address: a.clone(),
+            bytes_closed: 0,
+            bytes_open: 0,
+            meter: RateMeter::new(started),
+            last_error: String::new(),
+        })
+        .collect();
+    let config = sched_config(&spec.config);
+    let servers = spec.sources.len();
+    let mut job = Job {
+        sched: Scheduler::new(config.clone(), servers, Duration::ZERO),
+        spec,
+        started,
+        conns: HashMap::new(),
+        sources,
+        events_tx,
+        manifest: None,
+        writer: None,
+        reports: None,
+        adopted: 0,
+        bytes_done: 0,
+        durable: 0,
+        finishing: false,
+        info,
+    };
+    if job.spec.resume {
+        if let Err(reason) = job.adopt_partial(config).await {
+            return Outcome::Failed(reason);
+        }
+    }
+    let outcome = job.run(&mut events_rx, &mut commands).await;
+    job.publish(Some(match &outcome {
+        Outcome::Completed(_) => JobState::Completed,
+        Outcome::Failed(reason) => JobState::Failed(reason.clone()),
+        Outcome::Stopped => JobState::Paused,
+        Outcome::Cancelled => JobState::Cancelled,
+    }));
+    outcome
+}
+
+impl Job {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn adopt_partial(&mut self, config: SchedConfig) -> Result<(), String> {
+        let dir = self.spec.dir.clone();
+        let Some(name) = find_partial(&dir, self.spec.name.as_deref())? else {
+            info!(job = self.spec.id, dir = %dir.display(), "no partial download to resume; starting fresh");
+            return Ok(());
+        };
+        let overwrite = self.spec.overwrite;
+        let adopted =
+            tokio::task::spawn_blocking(move || DownloadStore::adopt(&dir, &name, overwrite))
+                .await
+                .map_err(|e| format!("adopt task failed: {e}"))?
+                .map_err(|e| format!("cannot resume: {e}"))?;
+        let (store, adopted) = adopted;
+        let manifest = Arc::new(store.manifest().clone());
+        info!(
+            job = self.spec.id,
+            file = %manifest.name,
+            adopted = adopted.segments.len(),
+            rejected = adopted.rejected.len(),
+            ignored_tail_bytes = adopted.ignored_tail_bytes,
+            total = manifest.segment_count(),
+            "adopted segments from the journal"
+        );
+        if !adopted.rejected.is_empty() {
+            warn!(job = self.spec.id, segments = ?adopted.rejected, "journaled segments failed re-verification and will be fetched again");
+        }
+        self.adopted = adopted.segments.len() as u64;
+        self.durable = self.adopted;
+        self.bytes_done = adopted
+            .segments
+            .iter()
+            .map(|&s| u64::from(manifest.segment_range(s).1))
+            .sum();
+        self.sched = Scheduler::with_layout(
+            config,
+            self.spec.sources.len(),
+            layout_of(&manifest),
+            &adopted.segments,
+            Duration::ZERO,
+        );
+        self.start_writer(store);
+        self.manifest = Some(manifest);
+        Ok(())
+    }
+
+    fn start_writer(&mut self, store: DownloadStore) {
+        let (tx, rx) = spawn_writer(
+            store,
+            WriterConfig {
+                commit_batch: self.spec.config.commit_batch,
+                commit_interval: self.spec.config.commit_interval,
+            },
+        );
+        self.writer = Some(tx);
+        self.reports = Some(rx);
+    }
+
+    async fn run(
+        &mut self,
+        events: &mut mpsc::Receiver<ConnEvent>,
+        commands: &mut mpsc::Receiver<JobCommand>,
+    ) -> Outcome {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_log = Instant::now();
+        let mut commands_open = true;
+        loop {
+            if let Err(reason) = self.execute_actions() {
+                return self.abort(reason).await;
+            }
+            match self.sched.phase() {
+                Phase::Complete if !self.finishing => {
+                    if let Err(reason) = self.finish().await {
+                        return self.abort(reason).await;
+                    }
+                }
+                Phase::Failed(reason) => return self.abort(reason).await,
+                _ => {}
+            }
+            tokio::select! {
+                Some(event) = events.recv() => {
+                    if let Err(reason) = self.on_event(event).await {
+                        return self.abort(reason).await;
+                    }
+                }
+                report = recv_report(&mut self.reports) => match report {
+                    Some(WriteReport::Durable(n)) => self.durable += n,
+                    Some(WriteReport::Finished(path)) => {
+                        info!(job = self.spec.id, path = %path.display(), secs = self.started.elapsed().as_secs_f32(), "download complete and verified");
+                        return Outcome::Completed(path);
+                    }
+                    Some(WriteReport::Failed(reason)) => {
+                        self.reports = None;
+                        self.writer = None;
+                        return self.abort(format!("storage error: {reason}")).await;
+                    }
+                    Some(WriteReport::Closed) | None => {
+                        self.reports = None;
+                        self.writer = None;
+                        return self.abort("storage writer stopped unexpectedly".into()).await;
+                    }
+                },
+                command = commands.recv(), if commands_open => match command {
+                    Some(JobCommand::Stop) => return self.stop(false, Outcome::Stopped).await,
+                    Some(JobCommand::Cancel { keep }) => return self.stop(!keep, Outcome::Cancelled).await,
+                    None => commands_open = false,
+                },
+                _ = tick.tick() => {
+                    self.sample_progress();
+                    let now = self.now();
+                    self.sched.on_tick(now);
+                    self.publish(None);
+                    if last_log.elapsed() >= self.spec.config.metric_interval {
+                        last_log = Instant::now();
+                        self.log_metrics();
+                    }
+                }
+            }
+        }
+    }
+
+    fn execute_actions(&mut self) -> Result<(), String> {
+        while let Some(action) = self.sched.poll_action() {
+            match action {
+                Action::Connect { server, conn } => {
+                    let Some(source) = self.sources.get(server) else {
+                        continue;
+                    };
+                    let handle = spawn_connection(
+                        server,
+                        conn,
+                        source.address.clone(),
+                        self.spec.config.connect_timeout,
+                        self.events_tx.clone(),
+                    );
+                    self.conns.insert(conn, handle);
+                }
+                Action::Request { conn, segment } => self.send(conn, ConnCommand::Request(segment)),
+                Action::Cancel { conn, segment } => self.send(conn, ConnCommand::Cancel(segment)),
+                Action::Disconnect { conn, reason } => {
+                    if let Some(handle) = self.conns.remove(&conn) {
+                        let reason = format!("{reason:?}");
+                        warn!(job = self.spec.id, server = %self.sources[handle.server].address, %reason, "dropping connection");
+                        self.close_conn(handle, reason);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, conn: ConnId, command: ConnCommand) {
+        if let Some(handle) = self.conns.get(&conn) {
+            // A closed channel means the connection is ending; its Closed event follows.
+            let _ = handle.commands.send(command);
+        }
+    }
+
+    fn close_conn(&mut self, handle: ConnHandle, error: String) {
+        if let Some(source) = self.sources.get_mut(handle.server) {
+            source.bytes_closed += handle.received.load(Ordering::Relaxed);
+            source.bytes_open = 0;
+            source.last_error = error;
+        }
+        // Dropping the handle aborts the task.
+    }
+
+    async fn on_event(&mut self, event: ConnEvent) -> Result<(), String> {
+        let now = self.now();
+        match event {
+            ConnEvent::Header { conn, manifest } => {
+                if self.manifest.is_none() {
+                    self.open_store(&manifest).await?;
+                }
+                self.sched.on_header(now, conn, layout_of(&manifest));
+            }
+            ConnEvent::Segment {
+                conn,
+                segment,
+                data,
+                verified,
+            } => {
+                let server = self.conns.get(&conn).map(|h| h.server);
+                if !verified {
+                    if let Some(server) = server {
+                        warn!(job = self.spec.id, server = %self.sources[server].address, segment, "segment failed verification; blaming server");
+                    }
+                }
+                if let SegmentVerdict::Store = self.sched.on_segment(now, conn, segment, verified) {
+                    self.bytes_done += data.len() as u64;
+                    let writer = self
+                        .writer
+                        .as_ref()
+                        .ok_or("no storage for a verified segment")?;
+                    if writer
+                        .send(WriteMsg::Segment { segment, data })
+                        .await
+                        .is_err()
+                    {
+                        // The writer stopped; its report (read next) says why.
+                        self.writer = None;
+                    }
+                }
+            }
+            ConnEvent::Cancelled { conn, segment } => self.sched.on_cancelled(now, conn, segment),
+            ConnEvent::Closed { conn, error } => {
+                if let Some(handle) = self.conns.remove(&conn) {
+                    info!(job = self.spec.id, server = %self.sources[handle.server].address, %error, "connection lost");
+                    self.close_conn(handle, error.clone());
+                    self.sched.on_disconnected(now, conn, &error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// First accepted header of a fresh download: refuse to clobber, then create the store.
+    async fn open_store(&mut self, manifest: &Arc<Manifest>) -> Result<(), String> {
+        let dir = self.spec.dir.clone();
+        let m = manifest.clone();
+        let overwrite = self.spec.overwrite;
+        let created =
+            tokio::task::spawn_blocking(move || DownloadStore::create(&dir, &m, overwrite))
+                .await
+                .map_err(|e| format!("store task failed: {e}"))?;
+        let store = match created {
+            Ok(store) => store,
+            Err(StoreError::TargetExists(path)) => {
+                return Err(format!(
+                    "{} already exists; pass --overwrite to replace it",
+                    path.display()
+                ))
+            }
+            Err(StoreError::PartialExists(path)) => {
+                return Err(format!(
+                    "a partial download exists ({}); use -r to resume it, or remove it",
+                    path.display()
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        info!(job = self.spec.id, file = %manifest.name, size = manifest.size, segments = manifest.segment_count(), "download started");
+        self.start_writer(store);
+        self.manifest = Some(manifest.clone());
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), String> {
+        self.finishing = true;
+        self.close_all("download complete");
+        let writer = self.writer.as_ref().ok_or("no storage to finalize")?;
+        writer
+            .send(WriteMsg::Finish {
+                overwrite: self.spec.overwrite,
+            })
+            .await
+            .map_err(|_| "storage writer stopped before finalizing".to_string())
+    }
+
+    fn close_all(&mut self, reason: &str) {
+        let handles: Vec<_> = self.conns.drain().map(|(_, h)| h).collect();
+        for handle in handles {
+            self.close_conn(handle, reason.to_string());
+        }
+    }
+
+    /// Ends the job with `reason`, leaving the partial files at a durable point.
+    async fn abort(&mut self, reason: String) -> Outcome {
+        warn!(job = self.spec.id, %reason, "download failed");
+        self.close_all("job failed");
+        self.close_writer(false).await;
+        Outcome::Failed(reason)
+    }
+
+    async fn stop(&mut self, discard: bool, outcome: Outcome) -> Outcome {
+        self.close_all("job stopped");
+        if let Some(reason) = self.close_writer(discard).await {
+            return Outcome::Failed(reason);
+        }
+        if discard {
+            // Nothing was created yet, or the writer removed it.
+            info!(job = self.spec.id, "partial files removed");
+        }
+        info!(
+            job = self.spec.id,
+            durable = self.durable,
+            "job stopped at a durable point"
+        );
+        outcome
+    }
+
+    /// Asks the writer to commit and close; waits for it. Returns a storage error, if any.
+    async fn close_writer(&mut self, discard: bool) -> Option<String> {
+        let writer = self.writer.take()?;
+        let mut reports = self.reports.take()?;
+        if writer.send(WriteMsg::Close { discard }).await.is_err() {
+            // Already stopped: drain its last report below.
+        }
+        drop(writer);
+        while let Some(report) = reports.recv().await {
+            match report {
+                WriteReport::Durable(n) => self.durable += n,
+                WriteReport::Failed(reason) => return Some(reason),
+                WriteReport::Closed | WriteReport::Finished(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn sample_progress(&mut self) {
+        let now = self.now();
+        let instant = Instant::now();
+        for (&conn, handle) in self.conns.iter_mut() {
+            let total = handle.received.load(Ordering::Relaxed);
+            let delta = total - handle.sampled;
+            handle.sampled = total;
+            if let Some(source) = self.sources.get_mut(handle.server) {
+                source.bytes_open = total;
+            }
+            if delta > 0 {
+                self.sched.on_progress(now, conn, delta);
+            }
+        }
+        for source in &mut self.sources {
+            source
+                .meter
+                .sample(source.bytes_closed + source.bytes_open, instant);
+        }
+    }
+
+    fn snapshot(&self, state: Option<JobState>) -> JobInfo {
+        let state = state.unwrap_or_else(|| match self.sched.phase() {
+            Phase::Waiting => JobState::Waiting,
+            Phase::Failed(reason) => JobState::Failed(reason),
+            _ => JobState::Running,
+        });
+        let sources = self
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let stats = self.sched.server_stats(i);
+                let (label, detail) = match self.sched.server_state(i) {
+                    ServerState::Idle => ("idle", String::new()),
+                    ServerState::Connecting => ("connecting", String::new()),
+                    ServerState::Active => ("active", String::new()),
+                    ServerState::Backoff {
+                        until, last_error, ..
+                    } => {
+                        let wait = until.saturating_sub(self.now());
+                        (
+                            "backoff",
+                            format!("retry in {:.1}s: {last_error}", wait.as_secs_f32()),
+                        )
+                    }
+                    ServerState::Blamed(reason) => ("blamed", reason.clone()),
+                };
+                SourceInfo {
+                    address: s.address.clone(),
+                    state: label.into(),
+                    detail: if detail.is_empty() {
+                        s.last_error.clone()
+                    } else {
+                        detail
+                    },
+                    rate_bps: s.meter.rate(),
+                    bytes: s.bytes_closed + s.bytes_open,
+                    segments: stats.segments_done,
+                    failures: stats.failures,
+                }
+            })
+            .collect();
+        JobInfo {
+            id: self.spec.id,
+            state,
+            dir: self.spec.dir.clone(),
+            name: self.manifest.as_ref().map(|m| m.name.clone()),
+            size: self.manifest.as_ref().map(|m| m.size),
+            segments_total: self.sched.segment_count(),
+            segments_done: self.sched.segments_done(),
+            bytes_done: self.bytes_done,
+            adopted_segments: self.adopted,
+            rate_bps: self.sources.iter().map(|s| s.meter.rate()).sum(),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            sources,
+        }
+    }
+
+    fn publish(&self, state: Option<JobState>) {
+        self.info.send_replace(self.snapshot(state));
+    }
+
+    fn log_metrics(&self) {
+        let info = self.snapshot(None);
+        for s in &info.sources {
+            info!(
+                job = info.id,
+                server = %s.address,
+                state = %s.state,
+                rate = %human_rate(s.rate_bps),
+                bytes = %human_bytes(s.bytes),
+                segments = s.segments,
+                "source metrics"
+            );
+        }
+        info!(
+            job = info.id,
+            done = info.segments_done,
+            total = info.segments_total.unwrap_or(0),
+            rate = %human_rate(info.rate_bps),
+            "job progress"
+        );
+    }
+}
+
+async fn recv_report(
+    reports: &mut Option<mpsc::UnboundedReceiver<WriteReport>>,
+) -> Option<WriteReport> {
+    match reports {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

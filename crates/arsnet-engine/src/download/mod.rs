@@ -1,0 +1,9 @@
+//! Download jobs: one file fetched from many servers at once (the spec's `Client.py`).
+//! `job` runs the scheduler loop, `connection` speaks the wire protocol to one server, and
+//! `writer` owns the crash-safe store on the blocking pool.
+
+mod connection;
+mod job;
+mod writer;
+
+pub use job::{run_download, DownloadConfig, DownloadSpec, JobCommand, Outcome};

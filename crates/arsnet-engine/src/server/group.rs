@@ -1,0 +1,436 @@
+//! A server group: one file, its manifest, and one virtual server per port. Ports can be
+//! stopped (listener closed, connections cut, as when the spec's server dies) and started
+//! again independently; the file is opened once and never loaded into memory.
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arsnet_proto::control::{GroupId, GroupInfo, PortInfo};
+use arsnet_proto::manifest::choose_segment_size;
+use arsnet_proto::{validate_file_name, Manifest};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::connection::serve_connection;
+use super::digests::build_manifest;
+use super::validate::{validate_ports, ServeError};
+use crate::rate::{RateMeter, TokenBucket};
+use crate::{human_bytes, human_rate};
+
+/// What `serve` asks for.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub file: PathBuf,
+    pub count: u32,
+    pub ports: Vec<u16>,
+    pub bind: String,
+    pub rate: Option<u64>,
+    pub status_interval: Duration,
+    /// Override of the segment size (tests use small segments); `None` picks by file size.
+    pub segment_size: Option<u32>,
+    /// Where digests are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The served file, shared by every connection of every port of a group.
+pub(crate) struct Served {
+    pub file: File,
+    pub manifest: Manifest,
+    /// HEADER + DIGESTS frames, encoded once.
+    pub preamble: Vec<u8>,
+    /// (size, mtime) at hashing time: a change means the digests no longer hold.
+    pub fingerprint: (u64, i64, i64),
+}
+
+impl Served {
+    /// True if the file on disk still is the one that was hashed.
+    pub fn unchanged(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match self.file.metadata() {
+            Ok(m) => (m.len(), m.mtime(), m.mtime_nsec()) == self.fingerprint,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Counters of one virtual server.
+#[derive(Debug, Default)]
+pub(crate) struct PortStats {
+    pub connections: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub segments_sent: AtomicU64,
+    pub rate: AtomicU64,
+}
+
+enum PortRun {
+    Listening(CancellationToken),
+    Stopped,
+    Failed(String),
+}
+
+struct PortSlot {
+    port: u16,
+    stats: Arc<PortStats>,
+    bucket: Option<Arc<TokenBucket>>,
+    run: Mutex<PortRun>,
+}
+
+/// A running group. Dropping it does not stop it: call [`ServerGroup::shutdown`].
+pub struct ServerGroup {
+    id: GroupId,
+    path: PathBuf,
+    bind: IpAddr,
+    served: Arc<Served>,
+    slots: Vec<PortSlot>,
+    shutdown: CancellationToken,
+}
+
+fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |reason: String| ServeError::BadFile {
+        path: config.file.clone(),
+        reason,
+    };
+    let meta = std::fs::metadata(&config.file).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let file = File::open(&config.file).map_err(|e| bad(e.to_string()))?;
+    let name = config
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| bad("has no file name".into()))?;
+    validate_file_name(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let segment_size = config
+        .segment_size
+        .unwrap_or_else(|| choose_segment_size(meta.len()));
+    let manifest = build_manifest(
+        &file,
+        &config.file,
+        name,
+        segment_size,
+        config.cache_dir.as_deref(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let mut preamble = Vec::new();
+    arsnet_proto::wire::encode_manifest(&manifest, &mut preamble);
+    Ok(Served {
+        file,
+        manifest,
+        preamble,
+        fingerprint: (meta.len(), meta.mtime(), meta.mtime_nsec()),
+    })
+}
+
+fn bind_port(bind: IpAddr, port: u16) -> Result<TcpListener, ServeError> {
+    let unavailable = |e: std::io::Error| ServeError::PortUnavailable {
+        port,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(SocketAddr::new(bind, port)).map_err(unavailable)?;
+    listener.set_nonblocking(true).map_err(unavailable)?;
+    TcpListener::from_std(listener).map_err(unavailable)
+}
+
+impl ServerGroup {
+    /// Validates everything, hashes the file (or loads cached digests), binds every port and
+    /// starts serving. On any error nothing is left running.
+    pub async fn start(id: GroupId, config: GroupConfig) -> Result<Arc<Self>, ServeError> {
+        Self::start_inner(id, config, &[], true).await
+    }
+
+    /// Restores a group after a daemon restart: ports in `stopped` stay stopped, and a port
+    /// that cannot be bound is marked failed instead of failing the whole group.
+    pub async fn restore(
+        id: GroupId,
+        config: GroupConfig,
+        stopped: &[u16],
+    ) -> Result<Arc<Self>, ServeError> {
+        Self::start_inner(id, config, stopped, false).await
+    }
+
+    async fn start_inner(
+        id: GroupId,
+        config: GroupConfig,
+        stopped: &[u16],
+        strict: bool,
+    ) -> Result<Arc<Self>, ServeError> {
+        validate_ports(config.count, &config.ports)?;
+        let bind: IpAddr = config
+            .bind
+            .parse()
+            .map_err(|_| ServeError::BadBind(config.bind.clone()))?;
+        let cfg = config.clone();
+        let served = tokio::task::spawn_blocking(move || open_served(&cfg))
+            .await
+            .map_err(|e| ServeError::Internal(format!("hashing task failed: {e}")))??;
+        let served = Arc::new(served);
+
+        // Bind everything before serving anything, so that a failure leaves nothing behind.
+        let mut listeners = Vec::new();
+        for &port in &config.ports {
+            if stopped.contains(&port) {
+                listeners.push(Ok(None));
+                continue;
+            }
+            match bind_port(bind, port) {
+                Ok(l) => listeners.push(Ok(Some(l))),
+                Err(e) if strict => return Err(e),
+                Err(e) => listeners.push(Err(e.to_string())),
+            }
+        }
+
+        let shutdown = CancellationToken::new();
+        let mut slots = Vec::new();
+        for (&port, listener) in config.ports.iter().zip(listeners) {
+            let stats = Arc::new(PortStats::default());
+            let bucket = config.rate.map(|r| Arc::new(TokenBucket::new(r)));
+            let run = match listener {
+                Ok(Some(listener)) => {
+                    let token = shutdown.child_token();
+                    spawn_accept_loop(listener, &served, &stats, &bucket, token.clone(), port);
+                    PortRun::Listening(token)
+                }
+                Ok(None) => PortRun::Stopped,
+                Err(reason) => {
+                    warn!(group = id, port, %reason, "virtual server failed to listen");
+                    PortRun::Failed(reason)
+                }
+            };
+            slots.push(PortSlot {
+                port,
+                stats,
+                bucket,
+                run: Mutex::new(run),
+            });
+        }
+        let group = Arc::new(ServerGroup {
+            id,
+            path: config.file.clone(),
+            bind,
+            served,
+            slots,
+            shutdown,
+        });
+        spawn_status_task(
+            Arc::downgrade(&group),
+            config.status_interval,
+            group.shutdown.clone(),
+        );
+        info!(
+            group = id,
+            file = %config.file.display(),
+            size = group.served.manifest.size,
+            segments = group.served.manifest.segment_count(),
+            ports = ?config.ports,
+            "server group started"
+        );
+        Ok(group)
+    }
+
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.slots.iter().map(|s| s.port).collect()
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.served.manifest
+    }
+
+    /// Ports currently stopped by the operator (persisted so a restart keeps them stopped).
+    pub fn stopped_ports(&self) -> Vec<u16> {
+        self.slots
+            .iter()
+            .filter(|s| matches!(*lock(&s.run), PortRun::Stopped))
+            .map(|s| s.port)
+            .collect()
+    }
+
+    fn slot(&self, port: u16) -> Result<&PortSlot, ServeError> {
+        self.slots
+            .iter()
+            .find(|s| s.port == port)
+            .ok_or(ServeError::UnknownPort(port))
+    }
+
+    /// Abruptly stops one virtual server: its listener closes and its connections are cut.
+    pub fn stop_port(&self, port: u16) -> Result<(), ServeError> {
+        let slot = self.slot(port)?;
+        let mut run = lock(&slot.run);
+        if let PortRun::Listening(token) = &*run {
+            token.cancel();
+        }
+        *run = PortRun::Stopped;
+        info!(group = self.id, port, "virtual server stopped");
+        Ok(())
+    }
+
+    /// Brings a stopped (or failed) virtual server back.
+    pub fn start_port(&self, port: u16) -> Result<(), ServeError> {
+        let slot = self.slot(port)?;
+        let mut run = lock(&slot.run);
+        if matches!(*run, PortRun::Listening(_)) {
+            return Ok(());
+        }
+        let listener = bind_port(self.bind, port)?;
+        let token = self.shutdown.child_token();
+        spawn_accept_loop(
+            listener,
+            &self.served,
+            &slot.stats,
+            &slot.bucket,
+            token.clone(),
+            port,
+        );
+        *run = PortRun::Listening(token);
+        info!(group = self.id, port, "virtual server started");
+        Ok(())
+    }
+
+    /// Stops every port of the group for good.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        for slot in &self.slots {
+            *lock(&slot.run) = PortRun::Stopped;
+        }
+    }
+
+    pub fn info(&self) -> GroupInfo {
+        GroupInfo {
+            id: self.id,
+            file: self.path.clone(),
+            name: self.served.manifest.name.clone(),
+            size: self.served.manifest.size,
+            bind: self.bind.to_string(),
+            ports: self.slots.iter().map(port_info).collect(),
+        }
+    }
+}
+
+fn port_info(slot: &PortSlot) -> PortInfo {
+    let (state, detail) = match &*lock(&slot.run) {
+        PortRun::Listening(_) => ("listening", String::new()),
+        PortRun::Stopped => ("stopped", String::new()),
+        PortRun::Failed(reason) => ("failed", reason.clone()),
+    };
+    PortInfo {
+        port: slot.port,
+        state: state.into(),
+        detail,
+        connections: slot.stats.connections.load(Ordering::Relaxed),
+        bytes_sent: slot.stats.bytes_sent.load(Ordering::Relaxed),
+        segments_sent: slot.stats.segments_sent.load(Ordering::Relaxed),
+        rate_bps: slot.stats.rate.load(Ordering::Relaxed),
+    }
+}
+
+/// A poisoned lock only means another task panicked while holding it; the state inside
+/// (an enum) is still coherent, so keep serving rather than cascade the panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawn_accept_loop(
+    listener: TcpListener,
+    served: &Arc<Served>,
+    stats: &Arc<PortStats>,
+    bucket: &Option<Arc<TokenBucket>>,
+    token: CancellationToken,
+    port: u16,
+) {
+    let served = served.clone();
+    let stats = stats.clone();
+    let bucket = bucket.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    let _ = stream.set_nodelay(true);
+                    let (served, stats, bucket, token) =
+                        (served.clone(), stats.clone(), bucket.clone(), token.clone());
+                    tokio::spawn(async move {
+                        stats.connections.fetch_add(1, Ordering::Relaxed);
+                        let result = tokio::select! {
+                            _ = token.cancelled() => Ok(()),
+                            r = serve_connection(stream, &served, &stats, bucket.as_deref()) => r,
+                        };
+                        stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        match result {
+                            Ok(()) => tracing::debug!(port, %peer, "connection closed"),
+                            Err(e) => tracing::debug!(port, %peer, error = %e, "connection ended"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(port, error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    });
+}
+
+/// Samples each port's rate every second and logs every port's status every
+/// `interval` (the spec's `-i`).
+fn spawn_status_task(
+    group: std::sync::Weak<ServerGroup>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let interval = interval.max(Duration::from_secs(1));
+        let mut meters: Vec<RateMeter> = Vec::new();
+        let mut last_report = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(group) = group.upgrade() else { break };
+            let now = Instant::now();
+            meters.resize_with(group.slots.len(), || RateMeter::new(now));
+            for (slot, meter) in group.slots.iter().zip(&mut meters) {
+                let rate = meter.sample(slot.stats.bytes_sent.load(Ordering::Relaxed), now);
+                slot.stats.rate.store(rate, Ordering::Relaxed);
+            }
+            if now.duration_since(last_report) >= interval {
+                last_report = now;
+                for slot in &group.slots {
+                    let p = port_info(slot);
+                    info!(
+                        group = group.id,
+                        port = p.port,
+                        state = %p.state,
+                        connections = p.connections,
+                        sent = %human_bytes(p.bytes_sent),
+                        segments = p.segments_sent,
+                        rate = %human_rate(p.rate_bps),
+                        "server status"
+                    );
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,99 @@
+//! The scheduler's tunables and the few rules derived from them (backoff curve, clamps), kept
+//! together so that every timing decision of the machine can be read in one screen.
+
+use std::time::Duration;
+
+/// Tunables of one download job's scheduler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Segments in flight per connection. Values below 1 behave as 1.
+    pub pipeline_depth: usize,
+    /// No progress for this long while segments are in flight means the connection stalled.
+    pub stall_timeout: Duration,
+    /// A `Connect` that produced no header after this long failed.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay after a failure.
+    pub backoff_initial: Duration,
+    /// Cap of the doubling reconnect delay.
+    pub backoff_max: Duration,
+    /// Duplicate slow in-flight segments onto idle connections when nothing is left to hand out.
+    pub endgame: bool,
+    /// How many connections may fetch the same segment during endgame. Values below 1 behave
+    /// as 1 (no duplication).
+    pub max_copies: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pipeline_depth: 4,
+            stall_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            endgame: true,
+            max_copies: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Reconnect delay after the failure numbered `attempt` (0 for the first failure since the
+    /// last accepted header): `min(backoff_initial * 2^attempt, backoff_max)`, saturating so a
+    /// server that keeps failing for days cannot overflow it.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        1u32.checked_shl(attempt)
+            .and_then(|factor| self.backoff_initial.checked_mul(factor))
+            .map_or(self.backoff_max, |delay| delay.min(self.backoff_max))
+    }
+
+    /// Pipeline depth with the degenerate 0 lifted to 1, so a connection always makes progress.
+    pub(crate) fn depth(&self) -> usize {
+        self.pipeline_depth.max(1)
+    }
+
+    /// Holders a segment may have at once; 1 means endgame duplication is off.
+    pub(crate) fn copies(&self) -> usize {
+        if self.endgame {
+            self.max_copies.max(1)
+        } else {
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let config = Config {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            ..Config::default()
+        };
+        let delays: Vec<u128> = (0..6).map(|a| config.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        // Absurd attempt counts saturate at the cap instead of overflowing.
+        assert_eq!(config.backoff(40), Duration::from_millis(1000));
+        assert_eq!(config.backoff(u32::MAX), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn degenerate_values_are_clamped() {
+        let config = Config {
+            pipeline_depth: 0,
+            max_copies: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.depth(), 1);
+        assert_eq!(config.copies(), 1);
+        let no_endgame = Config {
+            endgame: false,
+            max_copies: 5,
+            ..Config::default()
+        };
+        assert_eq!(no_endgame.copies(), 1);
+    }
+}

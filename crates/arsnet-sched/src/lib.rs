@@ -1,0 +1,37 @@
+//! ArsNet download scheduler: a sans-IO state machine that decides which server fetches which
+//! segment, when to give up on a connection, and when to try a server again.
+//!
+//! It owns no socket, clock, thread or file. The driver (arsnet-engine) feeds it events —
+//! header received, bytes progressed, segment delivered (and whether it verified), cancel
+//! answered, connection lost, time passed — each with the current time as a [`Duration`]
+//! since an epoch of the driver's choosing, and carries out the [`Action`]s it queues:
+//! connect, request, cancel, disconnect. Being pure is what lets the tests run thousands of
+//! simulated servers on virtual time.
+//!
+//! Scheduling is pull-based: every active connection keeps up to `pipeline_depth` segments in
+//! flight and takes the lowest Missing segment whenever a slot frees, so faster servers fetch
+//! more. Segments of a failed connection return to the pool at once and go straight to
+//! connections with free slots. When nothing is left to hand out, idle connections duplicate
+//! the oldest outstanding segments (endgame); the first verified copy wins and the others are
+//! cancelled. Failed servers reconnect after a doubling, capped backoff; servers that send bad
+//! data or a different header are blamed and never contacted again.
+//!
+//! [`Duration`]: std::time::Duration
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod action;
+mod bitset;
+mod config;
+mod ids;
+mod scheduler;
+mod segments;
+mod servers;
+mod status;
+
+pub use action::{Action, DropReason, SegmentVerdict};
+pub use config::Config;
+pub use ids::{ConnId, Layout, ServerId};
+pub use scheduler::{Scheduler, ALL_BLAMED, NO_SERVERS};
+pub use status::{Phase, ServerState, ServerStats};

@@ -1,0 +1,521 @@
+//! The scheduler machine: turns network events and the passage of time into actions.
+//!
+//! Every public method takes `now` from the driver and returns at once; side effects are
+//! queued as [`Action`]s and taken with [`Scheduler::poll_action`]. The driver calls
+//! [`Scheduler::on_tick`] when [`Scheduler::next_deadline`] is reached. Nothing here can panic
+//! on an event sequence: unknown and stale connection ids, out-of-range segments and events
+//! after the job ended are ignored or answered with a protocol drop.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::action::{Action, DropReason, SegmentVerdict};
+use crate::config::Config;
+use crate::ids::{ConnId, Layout, ServerId};
+use crate::segments::SegmentTable;
+use crate::servers::{Servers, Slot};
+use crate::status::{Phase, ServerState, ServerStats};
+
+/// Reason given by [`Phase::Failed`] when every server has been blamed.
+pub const ALL_BLAMED: &str = "every server sent bad data or a mismatching header";
+/// Reason given by [`Phase::Failed`] for a job created without servers.
+pub const NO_SERVERS: &str = "no servers to download from";
+
+/// What [`Scheduler::server_state`] answers for an id outside the server list.
+static UNKNOWN_SERVER: ServerState = ServerState::Idle;
+
+/// The content being fetched, known once a header was accepted (or given at resume).
+#[derive(Debug)]
+struct Job {
+    layout: Layout,
+    segments: SegmentTable,
+}
+
+/// How a dropped connection's server continues.
+enum Fate {
+    /// Transient failure: reconnect after the backoff delay.
+    Retry(String),
+    /// Bad data or wrong content: never contact again.
+    Blame(String),
+}
+
+/// The download scheduler of one job. See the crate docs for the event/action contract.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: Config,
+    servers: Servers,
+    job: Option<Job>,
+    actions: VecDeque<Action>,
+    /// Active servers whose pipeline has free slots: they get segments the moment any become
+    /// available, which is what makes failover immediate rather than tick-driven.
+    hungry: BTreeSet<ServerId>,
+    /// Something became available (Missing or duplicable) since hungry servers were served.
+    dispatch_pending: bool,
+    complete: bool,
+}
+
+impl Scheduler {
+    /// A job whose layout is not known yet: the first accepted header sets it. Queues a
+    /// `Connect` for every server.
+    pub fn new(config: Config, servers: usize, now: Duration) -> Self {
+        let mut scheduler = Scheduler {
+            config,
+            servers: Servers::new(servers),
+            job: None,
+            actions: VecDeque::new(),
+            hungry: BTreeSet::new(),
+            dispatch_pending: false,
+            complete: false,
+        };
+        for server in 0..servers {
+            scheduler.connect(server, now);
+        }
+        scheduler
+    }
+
+    /// A job whose layout is known in advance (resume from a journal); `done` are segments
+    /// already verified and stored (out-of-range entries are ignored). A job with nothing
+    /// left to fetch is Complete at once and emits no action.
+    pub fn with_layout(
+        config: Config,
+        servers: usize,
+        layout: Layout,
+        done: &[u64],
+        now: Duration,
+    ) -> Self {
+        let segments = SegmentTable::new(layout.segment_count, done, config.copies());
+        let mut scheduler = Scheduler {
+            config,
+            servers: Servers::new(servers),
+            job: Some(Job { layout, segments }),
+            actions: VecDeque::new(),
+            hungry: BTreeSet::new(),
+            dispatch_pending: false,
+            complete: false,
+        };
+        scheduler.settle(now);
+        if !scheduler.complete {
+            for server in 0..servers {
+                scheduler.connect(server, now);
+            }
+        }
+        scheduler
+    }
+
+    /// The configuration this scheduler runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- events -------------------------------------------------------------------------
+
+    /// A connection delivered its header. The first header of a job without a layout sets
+    /// it; a header that differs from the layout blames the server.
+    pub fn on_header(&mut self, now: Duration, conn: ConnId, layout: Layout) {
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        let job = self.job.get_or_insert_with(|| Job {
+            layout,
+            segments: SegmentTable::new(layout.segment_count, &[], self.config.copies()),
+        });
+        if job.layout != layout {
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::HeaderMismatch),
+                Fate::Blame("header mismatch".to_string()),
+            );
+        } else if self.servers.conn(server).is_some_and(|c| !c.active) {
+            self.servers.activate(server, now);
+            self.fill(server, now);
+        }
+        // A repeated identical header on an active connection changes nothing.
+        self.settle(now);
+    }
+
+    /// Bytes of a requested segment arrived on `conn`: the connection is not stalled.
+    pub fn on_progress(&mut self, now: Duration, conn: ConnId, bytes: u64) {
+        let _ = bytes;
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        if let Some(c) = self.servers.conn_mut(server) {
+            if c.active {
+                c.last_progress = now;
+            }
+        }
+        self.servers.arm(server, &self.config);
+    }
+
+    /// A whole segment arrived on `conn`; `verified` says whether it matched its digest.
+    pub fn on_segment(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        segment: u64,
+        verified: bool,
+    ) -> SegmentVerdict {
+        let Some(server) = self.servers.lookup(conn).filter(|_| !self.complete) else {
+            // Finished job or stale connection: nothing changes; tell the driver whether the
+            // data is merely redundant.
+            return if self.is_done(segment) {
+                SegmentVerdict::Duplicate
+            } else {
+                SegmentVerdict::Unexpected
+            };
+        };
+        if !verified {
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::CorruptSegment),
+                Fate::Blame(format!("corrupt segment {segment}")),
+            );
+            self.settle(now);
+            return SegmentVerdict::Unexpected;
+        }
+        let slot = self
+            .servers
+            .conn_mut(server)
+            .filter(|c| c.active)
+            .and_then(|c| c.take_slot(segment));
+        let Some(slot) = slot else {
+            let error = format!("unexpected segment {segment}");
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::Protocol(error.clone())),
+                Fate::Retry(error),
+            );
+            self.settle(now);
+            return SegmentVerdict::Unexpected;
+        };
+        if let Some(c) = self.servers.conn_mut(server) {
+            c.last_progress = now;
+        }
+        let verdict = self.complete_segment(server, slot);
+        self.fill(server, now);
+        self.settle(now);
+        verdict
+    }
+
+    /// `conn` answered a CANCEL (or, unasked, gave a segment up): its slot is free.
+    pub fn on_cancelled(&mut self, now: Duration, conn: ConnId, segment: u64) {
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        let Some(c) = self.servers.conn_mut(server).filter(|c| c.active) else {
+            return;
+        };
+        let Some(slot) = c.take_slot(segment) else {
+            return;
+        };
+        // A CANCELLED is not progress: a server answering every request that way must still
+        // trip the stall timer, so the clock is restored after refilling.
+        let stall_clock = c.last_progress;
+        if !slot.cancelling {
+            if let Some(job) = self.job.as_mut() {
+                self.dispatch_pending |= job.segments.remove_holder(segment, server);
+            }
+        }
+        self.fill(server, now);
+        if !slot.cancelling {
+            if let Some(c) = self.servers.conn_mut(server) {
+                c.last_progress = stall_clock;
+            }
+            self.servers.arm(server, &self.config);
+        }
+        self.settle(now);
+    }
+
+    /// `conn` ended on its own (refused, reset, EOF, protocol error seen by the driver).
+    pub fn on_disconnected(&mut self, now: Duration, conn: ConnId, error: &str) {
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        self.drop_conn(server, now, None, Fate::Retry(error.to_string()));
+        self.settle(now);
+    }
+
+    /// Time passed: reconnect servers whose backoff ended, drop stalled connections and
+    /// handshakes that took too long.
+    pub fn on_tick(&mut self, now: Duration) {
+        if self.complete {
+            return;
+        }
+        while let Some(server) = self.servers.pop_due(now) {
+            self.expire(server, now);
+        }
+        self.settle(now);
+    }
+
+    /// Operator asked to retry: every server in Backoff reconnects now. Blamed servers stay
+    /// blamed; the failure streak is kept, so a further failure keeps growing the delay.
+    pub fn retry_now(&mut self, now: Duration) {
+        if self.complete {
+            return;
+        }
+        for server in self.servers.in_backoff() {
+            self.connect(server, now);
+        }
+        self.settle(now);
+    }
+
+    // ----- outputs and views --------------------------------------------------------------
+
+    /// The next action for the driver, oldest first.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Earliest time at which [`Self::on_tick`] has work to do.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if self.complete {
+            None
+        } else {
+            self.servers.next_deadline()
+        }
+    }
+
+    /// Where the job stands.
+    pub fn phase(&self) -> Phase {
+        if self.complete {
+            Phase::Complete
+        } else if self.servers.len() == 0 {
+            Phase::Failed(NO_SERVERS.to_string())
+        } else if self.servers.blamed() == self.servers.len() {
+            Phase::Failed(ALL_BLAMED.to_string())
+        } else if self.servers.live() == 0 {
+            Phase::Waiting
+        } else {
+            Phase::Running
+        }
+    }
+
+    /// The job's layout, once known.
+    pub fn layout(&self) -> Option<Layout> {
+        self.job.as_ref().map(|j| j.layout)
+    }
+
+    /// Segments done, including those given as done at resume.
+    pub fn segments_done(&self) -> u64 {
+        self.job.as_ref().map_or(0, |j| j.segments.done_count())
+    }
+
+    /// Number of segments, once the layout is known.
+    pub fn segment_count(&self) -> Option<u64> {
+        self.job.as_ref().map(|j| j.segments.count())
+    }
+
+    /// Number of servers of the job.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// State of `server`; an id outside the server list reads as [`ServerState::Idle`].
+    pub fn server_state(&self, server: ServerId) -> &ServerState {
+        self.servers.state(server).unwrap_or(&UNKNOWN_SERVER)
+    }
+
+    /// Counters of `server`; zero for an id outside the server list.
+    pub fn server_stats(&self, server: ServerId) -> ServerStats {
+        self.servers.stats(server)
+    }
+
+    /// Whether `segment` is done (false before the layout is known and out of range).
+    pub fn is_done(&self, segment: u64) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|j| j.segments.is_done(segment))
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    fn connect(&mut self, server: ServerId, now: Duration) {
+        if let Some(conn) = self.servers.open(server, now) {
+            self.actions.push_back(Action::Connect { server, conn });
+            self.servers.arm(server, &self.config);
+        }
+    }
+
+    /// Handles a due timer of `server`.
+    fn expire(&mut self, server: ServerId, now: Duration) {
+        let (handshake, stall) = (self.config.handshake_timeout, self.config.stall_timeout);
+        match self.server_state(server) {
+            ServerState::Backoff { until, .. } if *until <= now => self.connect(server, now),
+            ServerState::Connecting
+                if self
+                    .servers
+                    .conn(server)
+                    .is_some_and(|c| c.opened_at.saturating_add(handshake) <= now) =>
+            {
+                self.drop_conn(
+                    server,
+                    now,
+                    Some(DropReason::HandshakeTimeout),
+                    Fate::Retry(format!("no header within {handshake:?}")),
+                );
+            }
+            ServerState::Active
+                if self.servers.conn(server).is_some_and(|c| {
+                    !c.slots.is_empty() && c.last_progress.saturating_add(stall) <= now
+                }) =>
+            {
+                self.drop_conn(
+                    server,
+                    now,
+                    Some(DropReason::Stalled),
+                    Fate::Retry(format!("stalled: no data for {stall:?}")),
+                );
+            }
+            // Not due after all (time went backwards, or state moved on): re-derive.
+            _ => self.servers.arm(server, &self.config),
+        }
+    }
+
+    /// Tops up `server`'s pipeline: lowest Missing segments first, then (endgame) copies of
+    /// the oldest outstanding segments held elsewhere.
+    fn fill(&mut self, server: ServerId, now: Duration) {
+        let depth = self.config.depth();
+        let (Some(job), Some(conn)) = (self.job.as_mut(), self.servers.conn_mut(server)) else {
+            return;
+        };
+        if !conn.active {
+            return;
+        }
+        let was_idle = conn.slots.is_empty();
+        while conn.slots.len() < depth {
+            let Some(segment) = job
+                .segments
+                .take_missing()
+                .or_else(|| job.segments.pick_duplicate(server))
+            else {
+                break;
+            };
+            self.dispatch_pending |= job.segments.add_holder(segment, server, now);
+            conn.slots.push(Slot {
+                segment,
+                cancelling: false,
+            });
+            self.actions.push_back(Action::Request {
+                conn: conn.id,
+                segment,
+            });
+        }
+        if was_idle && !conn.slots.is_empty() {
+            // An idle connection owed no data; its stall clock starts with this request.
+            conn.last_progress = now;
+        }
+        if conn.slots.len() < depth {
+            self.hungry.insert(server);
+        } else {
+            self.hungry.remove(&server);
+        }
+        self.servers.arm(server, &self.config);
+    }
+
+    /// A verified copy of `slot.segment` arrived from `server`.
+    fn complete_segment(&mut self, server: ServerId, slot: Slot) -> SegmentVerdict {
+        let others = match self.job.as_mut() {
+            Some(job) if !slot.cancelling => job.segments.finish(slot.segment, server),
+            _ => None,
+        };
+        let Some(others) = others else {
+            return SegmentVerdict::Duplicate;
+        };
+        self.servers.count_store(server);
+        for other in others {
+            if let Some(conn) = self.servers.conn_mut(other) {
+                if let Some(s) = conn.slot_mut(slot.segment) {
+                    s.cancelling = true;
+                    self.actions.push_back(Action::Cancel {
+                        conn: conn.id,
+                        segment: slot.segment,
+                    });
+                }
+            }
+        }
+        SegmentVerdict::Store
+    }
+
+    /// Ends `server`'s current connection: its segments go back to the pool, the driver is
+    /// told to close it (unless the driver reported the end itself), and the server moves to
+    /// Backoff or Blamed.
+    fn drop_conn(
+        &mut self,
+        server: ServerId,
+        now: Duration,
+        notify: Option<DropReason>,
+        fate: Fate,
+    ) {
+        if let Some(conn) = self.servers.close(server) {
+            if let Some(job) = self.job.as_mut() {
+                for slot in conn.slots.iter().filter(|s| !s.cancelling) {
+                    self.dispatch_pending |= job.segments.remove_holder(slot.segment, server);
+                }
+            }
+            if let Some(reason) = notify {
+                self.actions.push_back(Action::Disconnect {
+                    conn: conn.id,
+                    reason,
+                });
+            }
+        }
+        self.hungry.remove(&server);
+        match fate {
+            Fate::Retry(error) => self.servers.fail(server, now, error, &self.config),
+            Fate::Blame(reason) => self.servers.blame(server, reason),
+        }
+        self.servers.arm(server, &self.config);
+    }
+
+    /// Runs after every event: finishes the job if all is done, otherwise hands whatever
+    /// became available to servers with free slots.
+    fn settle(&mut self, now: Duration) {
+        if self.complete {
+            return;
+        }
+        if self.job.as_ref().is_some_and(|j| j.segments.is_complete()) {
+            // The driver closes every connection itself; nothing queued still matters.
+            self.complete = true;
+            self.actions.clear();
+            self.hungry.clear();
+            self.servers.clear_timers();
+            return;
+        }
+        // Each round either stops or handed out a segment that just became duplicable, so
+        // the loop ends after at most (holders that can exist) rounds.
+        while std::mem::take(&mut self.dispatch_pending) {
+            let Some(job) = self.job.as_mut() else {
+                return;
+            };
+            if self.hungry.is_empty() || !job.segments.has_available() {
+                return;
+            }
+            let waiting: Vec<ServerId> = self.hungry.iter().copied().collect();
+            for server in waiting {
+                if !self
+                    .job
+                    .as_mut()
+                    .is_some_and(|j| j.segments.has_available())
+                {
+                    break;
+                }
+                self.fill(server, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Per-server bookkeeping: each server's state, its one current connection and that
+//! connection's pipeline slots, the live-connection index used to spot stale ids, and the
+//! timer index behind `next_deadline`. State changes go through this module so that the
+//! counters the job phase is computed from and the timers can never drift from the states.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::ids::{ConnId, ServerId};
+use crate::status::{ServerState, ServerStats};
+
+/// One pipeline slot of a connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub(crate) segment: u64,
+    /// Another copy already won; a CANCEL was sent and the slot waits for its answer.
+    pub(crate) cancelling: bool,
+}
+
+/// The current connection attempt of a server.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) opened_at: Duration,
+    /// Header accepted.
+    pub(crate) active: bool,
+    pub(crate) slots: Vec<Slot>,
+    /// Last time data arrived, or the pipeline went from empty to busy; the stall clock.
+    pub(crate) last_progress: Duration,
+}
+
+impl Conn {
+    /// Removes and returns the slot holding `segment`.
+    pub(crate) fn take_slot(&mut self, segment: u64) -> Option<Slot> {
+        let index = self.slots.iter().position(|s| s.segment == segment)?;
+        Some(self.slots.remove(index))
+    }
+
+    pub(crate) fn slot_mut(&mut self, segment: u64) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.segment == segment)
+    }
+}
+
+#[derive(Debug)]
+struct Server {
+    state: ServerState,
+    conn: Option<Conn>,
+    /// Consecutive failures since the last accepted header; drives the backoff curve.
+    attempt: u32,
+    segments_done: u64,
+    failures: u64,
+    /// The entry this server has in the timer index, if any.
+    timer: Option<Duration>,
+}
+
+/// All servers of a job.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    list: Vec<Server>,
+    by_conn: HashMap<ConnId, ServerId>,
+    timers: BTreeSet<(Duration, ServerId)>,
+    next_conn: u64,
+    /// Servers that are Active or Connecting.
+    live: usize,
+    blamed: usize,
+}
+
+fn is_live(state: &ServerState) -> bool {
+    matches!(state, ServerState::Active | ServerState::Connecting)
+}
+
+impl Servers {
+    pub(crate) fn new(count: usize) -> Self {
+        Servers {
+            list: (0..count)
+                .map(|_| Server {
+                    state: ServerState::Idle,
+                    conn: None,
+                    attempt: 0,
+                    segments_done: 0,
+                    failures: 0,
+                    timer: None,
+                })
+                .collect(),
+            by_conn: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_conn: 1,
+            live: 0,
+            blamed: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    pub(crate) fn blamed(&self) -> usize {
+        self.blamed
+    }
+
+    pub(crate) fn state(&self, server: ServerId) -> Option<&ServerState> {
+        self.list.get(server).map(|s| &s.state)
+    }
+
+    pub(crate) fn stats(&self, server: ServerId) -> ServerStats {
+        self.list
+            .get(server)
+            .map_or_else(ServerStats::default, |s| ServerStats {
+                segments_done: s.segments_done,
+                failures: s.failures,
+                in_flight: s.conn.as_ref().map_or(0, |c| c.slots.len()),
+            })
+    }
+
+    /// The server whose *current* connection is `conn`; `None` for stale or unknown ids.
+    pub(crate) fn lookup(&self, conn: ConnId) -> Option<ServerId> {
+        self.by_conn.get(&conn).copied()
+    }
+
+    pub(crate) fn conn(&self, server: ServerId) -> Option<&Conn> {
+        self.list.get(server)?.conn.as_ref()
+    }
+
+    pub(crate) fn conn_mut(&mut self, server: ServerId) -> Option<&mut Conn> {
+        self.list.get_mut(server)?.conn.as_mut()
+    }
+
+    fn set_state(&mut self, server: ServerId, state: ServerState) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.state, state);
+        let (was_live, now_live) = (is_live(&old), is_live(&entry.state));
+        let was_blamed = matches!(old, ServerState::Blamed(_));
+        let now_blamed = matches!(entry.state, ServerState::Blamed(_));
+        if was_live != now_live {
+            self.live = if now_live {
+                self.live + 1
+            } else {
+                self.live.saturating_sub(1)
+            };
+        }
+        if was_blamed != now_blamed {
+            self.blamed = if now_blamed {
+                self.blamed + 1
+            } else {
+                self.blamed.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Starts a new connection attempt for `server` (which must have none), returning its id.
+    pub(crate) fn open(&mut self, server: ServerId, now: Duration) -> Option<ConnId> {
+        let entry = self.list.get_mut(server)?;
+        if entry.conn.is_some() || matches!(entry.state, ServerState::Blamed(_)) {
+            return None;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn = self.next_conn.saturating_add(1);
+        entry.conn = Some(Conn {
+            id,
+            opened_at: now,
+            active: false,
+            slots: Vec::new(),
+            last_progress: now,
+        });
+        self.by_conn.insert(id, server);
+        self.set_state(server, ServerState::Connecting);
+        Some(id)
+    }
+
+    /// The header was accepted: the server is Active and its failure streak is over.
+    pub(crate) fn activate(&mut self, server: ServerId, now: Duration) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        let Some(conn) = entry.conn.as_mut() else {
+            return;
+        };
+        conn.active = true;
+        conn.last_progress = now;
+        entry.attempt = 0;
+        self.set_state(server, ServerState::Active);
+    }
+
+    /// Detaches the server's connection (its id becomes stale) and hands it to the caller,
+    /// who must release the segments it held.
+    pub(crate) fn close(&mut self, server: ServerId) -> Option<Conn> {
+        let conn = self.list.get_mut(server)?.conn.take()?;
+        self.by_conn.remove(&conn.id);
+        Some(conn)
+    }
+
+    /// Records a failure: Backoff until `now + backoff(attempt)`, then attempt += 1.
+    pub(crate) fn fail(&mut self, server: ServerId, now: Duration, error: String, config: &Config) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        let delay = config.backoff(entry.attempt);
+        entry.attempt = entry.attempt.saturating_add(1);
+        entry.failures += 1;
+        let state = ServerState::Backoff {
+            until: now.saturating_add(delay),
+            attempt: entry.attempt,
+            last_error: error,
+        };
+        self.set_state(server, state);
+    }
+
+    /// Drops the server for the rest of the job.
+    pub(crate) fn blame(&mut self, server: ServerId, reason: String) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        entry.failures += 1;
+        self.set_state(server, ServerState::Blamed(reason));
+    }
+
+    pub(crate) fn count_store(&mut self, server: ServerId) {
+        if let Some(entry) = self.list.get_mut(server) {
+            entry.segments_done += 1;
+        }
+    }
+
+    /// Servers waiting out a backoff (for "retry now").
+    pub(crate) fn in_backoff(&self) -> Vec<ServerId> {
+        (0..self.list.len())
+            .filter(|&s| matches!(self.state(s), Some(ServerState::Backoff { .. })))
+            .collect()
+    }
+
+    /// Re-derives the server's timer from its state: reconnect time in Backoff, handshake
+    /// deadline while Connecting, stall deadline while Active with segments in flight.
+    pub(crate) fn arm(&mut self, server: ServerId, config: &Config) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        let due = match (&entry.state, &entry.conn) {
+            (ServerState::Backoff { until, .. }, _) => Some(*until),
+            (ServerState::Connecting, Some(conn)) => {
+                Some(conn.opened_at.saturating_add(config.handshake_timeout))
+            }
+            (ServerState::Active, Some(conn)) if !conn.slots.is_empty() => {
+                Some(conn.last_progress.saturating_add(config.stall_timeout))
+            }
+            _ => None,
+        };
+        if due == entry.timer {
+            return;
+        }
+        if let Some(old) = entry.timer {
+            self.timers.remove(&(old, server));
+        }
+        if let Some(at) = due {
+            self.timers.insert((at, server));
+        }
+        entry.timer = due;
+    }
+
+    /// Removes and returns a server whose timer is due at `now`.
+    pub(crate) fn pop_due(&mut self, now: Duration) -> Option<ServerId> {
+        let &(at, server) = self.timers.first()?;
+        if at > now {
+            return None;
+        }
+        self.timers.remove(&(at, server));
+        if let Some(entry) = self.list.get_mut(server) {
+            entry.timer = None;
+        }
+        Some(server)
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Forgets every timer (the job is over).
+    pub(crate) fn clear_timers(&mut self) {
+        self.timers.clear();
+        for entry in &mut self.list {
+            entry.timer = None;
+        }
+    }
+}

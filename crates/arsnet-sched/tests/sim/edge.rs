@@ -1,0 +1,477 @@
+//! Scripted event sequences against the public API, no simulator: the corners a network
+//! never produces on purpose but a buggy driver or hostile server might (stale and unknown
+//! ids, segments nobody asked for, events after the end, absurd layouts and times), plus the
+//! exact timer behaviour.
+
+use std::time::Duration;
+
+use arsnet_sched::{
+    Action, Config, ConnId, DropReason, Layout, Phase, Scheduler, SegmentVerdict, ServerState,
+    ServerStats, ALL_BLAMED, NO_SERVERS,
+};
+
+use crate::world::ms;
+
+const T0: Duration = Duration::ZERO;
+
+fn layout(segments: u64) -> Layout {
+    Layout {
+        segment_count: segments,
+        fingerprint: [1; 32],
+    }
+}
+
+fn drain(s: &mut Scheduler) -> Vec<Action> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+fn connects(actions: &[Action]) -> Vec<ConnId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect()
+}
+
+fn requests(actions: &[Action]) -> Vec<(ConnId, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { conn, segment } => Some((*conn, *segment)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A scheduler of `servers` servers, all with accepted headers of a `segments` layout.
+fn running(config: Config, servers: usize, segments: u64) -> (Scheduler, Vec<ConnId>, Vec<Action>) {
+    let mut s = Scheduler::new(config, servers, T0);
+    let conns = connects(&drain(&mut s));
+    for &c in &conns {
+        s.on_header(ms(1), c, layout(segments));
+    }
+    let actions = drain(&mut s);
+    (s, conns, actions)
+}
+
+#[test]
+fn connects_every_server_with_distinct_ids() {
+    let mut s = Scheduler::new(Config::default(), 3, T0);
+    let actions = drain(&mut s);
+    assert_eq!(actions.len(), 3);
+    let conns = connects(&actions);
+    assert_eq!(conns.len(), 3);
+    assert!(conns[0] != conns[1] && conns[1] != conns[2] && conns[0] != conns[2]);
+    assert_eq!(s.phase(), Phase::Running);
+    assert_eq!(s.layout(), None);
+    assert_eq!(s.segment_count(), None);
+    assert_eq!(s.server_state(1), &ServerState::Connecting);
+    assert_eq!(s.next_deadline(), Some(Config::default().handshake_timeout));
+}
+
+#[test]
+fn first_header_sets_layout_and_fills_the_pipeline_in_order() {
+    let (s, conns, actions) = running(Config::default(), 2, 10);
+    assert_eq!(s.layout(), Some(layout(10)));
+    assert_eq!(
+        requests(&actions),
+        [
+            (conns[0], 0),
+            (conns[0], 1),
+            (conns[0], 2),
+            (conns[0], 3),
+            (conns[1], 4),
+            (conns[1], 5),
+            (conns[1], 6),
+            (conns[1], 7)
+        ]
+    );
+    assert_eq!(s.server_state(0), &ServerState::Active);
+    assert_eq!(s.server_stats(0).in_flight, 4);
+}
+
+#[test]
+fn stale_and_unknown_connection_ids_are_ignored() {
+    let (mut s, conns, _) = running(Config::default(), 2, 10);
+    s.on_disconnected(ms(5), conns[0], "reset");
+    // Its four segments went to... nobody yet: server 1's pipeline is full.
+    assert!(drain(&mut s).is_empty());
+    let state = s.server_state(0).clone();
+    assert!(matches!(state, ServerState::Backoff { attempt: 1, .. }));
+    for stale in [conns[0], ConnId(999_999)] {
+        s.on_header(ms(6), stale, layout(10));
+        s.on_progress(ms(6), stale, 100);
+        assert_eq!(
+            s.on_segment(ms(6), stale, 0, true),
+            SegmentVerdict::Unexpected
+        );
+        assert_eq!(
+            s.on_segment(ms(6), stale, 0, false),
+            SegmentVerdict::Unexpected
+        );
+        s.on_cancelled(ms(6), stale, 1);
+        s.on_disconnected(ms(6), stale, "again");
+        assert!(
+            drain(&mut s).is_empty(),
+            "stale id {stale:?} caused actions"
+        );
+        assert_eq!(s.server_state(0), &state);
+    }
+    assert_eq!(s.server_stats(0).failures, 1);
+    // Server 1 finishing a segment picks up the lowest returned one.
+    assert_eq!(
+        s.on_segment(ms(7), conns[1], 4, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(requests(&drain(&mut s)), [(conns[1], 0)]);
+}
+
+#[test]
+fn unrequested_or_out_of_range_segment_is_a_protocol_drop() {
+    for bogus in [9, 1000, u64::MAX] {
+        let (mut s, conns, _) = running(Config::default(), 2, 10);
+        assert_eq!(
+            s.on_segment(ms(2), conns[0], 3, true),
+            SegmentVerdict::Store
+        );
+        drain(&mut s);
+        assert_eq!(
+            s.on_segment(ms(3), conns[0], bogus, true),
+            SegmentVerdict::Unexpected
+        );
+        let actions = drain(&mut s);
+        assert_eq!(
+            actions,
+            [Action::Disconnect {
+                conn: conns[0],
+                reason: DropReason::Protocol(format!("unexpected segment {bogus}"))
+            }]
+        );
+        assert!(matches!(s.server_state(0), ServerState::Backoff { .. }));
+        assert!(!s.is_done(bogus));
+    }
+}
+
+#[test]
+fn events_after_completion_change_nothing() {
+    let (mut s, conns, _) = running(Config::default(), 2, 3);
+    // Server 0 holds 0..3, server 1 duplicates (endgame) the oldest of them.
+    assert_eq!(
+        s.on_segment(ms(2), conns[0], 0, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(
+        s.on_segment(ms(3), conns[0], 1, true),
+        SegmentVerdict::Store
+    );
+    drain(&mut s);
+    assert_eq!(
+        s.on_segment(ms(4), conns[0], 2, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(s.phase(), Phase::Complete);
+    assert!(
+        drain(&mut s).is_empty(),
+        "no cancel for copies once complete"
+    );
+    assert_eq!(s.next_deadline(), None);
+    assert_eq!(
+        s.on_segment(ms(5), conns[1], 2, true),
+        SegmentVerdict::Duplicate
+    );
+    assert_eq!(
+        s.on_segment(ms(5), conns[1], 7, true),
+        SegmentVerdict::Unexpected
+    );
+    assert_eq!(
+        s.on_segment(ms(5), conns[1], 1, false),
+        SegmentVerdict::Duplicate
+    );
+    s.on_disconnected(ms(6), conns[1], "bye");
+    s.on_tick(Duration::from_secs(3600));
+    s.retry_now(Duration::from_secs(3600));
+    s.on_header(ms(7), conns[1], layout(99));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.phase(), Phase::Complete);
+    assert_eq!(s.segments_done(), 3);
+}
+
+#[test]
+fn handshake_timeout_drops_and_reconnects_after_backoff() {
+    let config = Config::default();
+    let mut s = Scheduler::new(config.clone(), 1, T0);
+    let first = connects(&drain(&mut s))[0];
+    s.on_tick(config.handshake_timeout - ms(1));
+    assert!(drain(&mut s).is_empty(), "not yet");
+    s.on_tick(config.handshake_timeout);
+    assert_eq!(
+        drain(&mut s),
+        [Action::Disconnect {
+            conn: first,
+            reason: DropReason::HandshakeTimeout
+        }]
+    );
+    let until = config.handshake_timeout + config.backoff_initial;
+    assert!(matches!(
+        s.server_state(0),
+        ServerState::Backoff { until: u, attempt: 1, .. } if *u == until
+    ));
+    assert_eq!(s.phase(), Phase::Waiting);
+    assert_eq!(s.next_deadline(), Some(until));
+    s.on_tick(until);
+    let again = connects(&drain(&mut s));
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0], first);
+    assert_eq!(s.phase(), Phase::Running);
+}
+
+#[test]
+fn backoff_doubles_and_resets_after_an_accepted_header() {
+    let config = Config::default();
+    let mut s = Scheduler::new(config.clone(), 1, T0);
+    let mut conn = connects(&drain(&mut s))[0];
+    let mut now = T0;
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        s.on_disconnected(now, conn, "refused");
+        let until = s.next_deadline().expect("backoff timer");
+        delays.push(until - now);
+        now = until;
+        s.on_tick(now);
+        conn = connects(&drain(&mut s))[0];
+    }
+    assert_eq!(delays, [ms(500), ms(1000), ms(2000)]);
+    s.on_header(now, conn, layout(5));
+    drain(&mut s);
+    s.on_disconnected(now, conn, "reset");
+    assert_eq!(s.next_deadline(), Some(now + config.backoff_initial));
+    assert_eq!(s.server_stats(0).failures, 4);
+}
+
+#[test]
+fn retry_now_reconnects_servers_in_backoff_but_not_blamed_ones() {
+    let (mut s, conns, _) = running(Config::default(), 3, 20);
+    s.on_disconnected(ms(2), conns[0], "reset");
+    assert_eq!(
+        s.on_segment(ms(2), conns[1], 4, false),
+        SegmentVerdict::Unexpected
+    );
+    drain(&mut s);
+    s.retry_now(ms(3));
+    let actions = drain(&mut s);
+    assert!(
+        matches!(actions.as_slice(), [Action::Connect { server: 0, .. }]),
+        "{actions:?}"
+    );
+    assert_eq!(
+        s.server_state(1),
+        &ServerState::Blamed("corrupt segment 4".into())
+    );
+    assert_eq!(s.server_state(0), &ServerState::Connecting);
+}
+
+#[test]
+fn phases_waiting_and_failed() {
+    let (mut s, conns, _) = running(Config::default(), 2, 20);
+    s.on_disconnected(ms(2), conns[0], "reset");
+    assert_eq!(s.phase(), Phase::Running);
+    s.on_segment(ms(2), conns[1], 4, false);
+    assert_eq!(s.phase(), Phase::Waiting);
+    s.on_tick(s.next_deadline().expect("reconnect timer"));
+    let conn = connects(&drain(&mut s))[0];
+    s.on_header(Duration::from_secs(1), conn, layout(21));
+    assert_eq!(s.phase(), Phase::Failed(ALL_BLAMED.to_string()));
+    assert_eq!(s.next_deadline(), None);
+
+    let none = Scheduler::new(Config::default(), 0, T0);
+    assert_eq!(none.phase(), Phase::Failed(NO_SERVERS.to_string()));
+    let finished = Scheduler::with_layout(Config::default(), 0, layout(2), &[0, 1], T0);
+    assert_eq!(finished.phase(), Phase::Complete);
+}
+
+#[test]
+fn queries_outside_the_server_list_are_safe() {
+    let s = Scheduler::new(Config::default(), 2, T0);
+    assert_eq!(s.server_state(2), &ServerState::Idle);
+    assert_eq!(s.server_state(usize::MAX), &ServerState::Idle);
+    assert_eq!(s.server_stats(7), ServerStats::default());
+    assert!(!s.is_done(0));
+    assert_eq!(s.server_count(), 2);
+}
+
+#[test]
+fn unsolicited_cancel_returns_the_segment_but_is_not_progress() {
+    let config = Config {
+        pipeline_depth: 1,
+        ..Config::default()
+    };
+    let (mut s, conns, _) = running(config.clone(), 1, 5);
+    // The server keeps refusing segment 0: it is re-requested, but the stall clock that
+    // started with the first request keeps running.
+    for i in 0..5 {
+        s.on_cancelled(ms(10 + i), conns[0], 0);
+        assert_eq!(requests(&drain(&mut s)), [(conns[0], 0)]);
+    }
+    assert_eq!(s.next_deadline(), Some(ms(1) + config.stall_timeout));
+    s.on_tick(ms(1) + config.stall_timeout);
+    assert_eq!(
+        drain(&mut s),
+        [Action::Disconnect {
+            conn: conns[0],
+            reason: DropReason::Stalled
+        }]
+    );
+}
+
+#[test]
+fn cancelled_copy_frees_its_slot_without_returning_the_segment() {
+    let (mut s, conns, _) = running(Config::default(), 2, 5);
+    // Server 0: 0..4, server 1: 4, then duplicates of 0, 1, 2 (oldest first).
+    assert_eq!(
+        s.on_segment(ms(2), conns[1], 0, true),
+        SegmentVerdict::Store
+    );
+    let actions = drain(&mut s);
+    assert_eq!(
+        actions[0],
+        Action::Cancel {
+            conn: conns[0],
+            segment: 0
+        }
+    );
+    assert_eq!(
+        s.server_stats(0).in_flight,
+        4,
+        "slot busy until the server answers"
+    );
+    s.on_cancelled(ms(3), conns[0], 0);
+    assert_eq!(s.server_stats(0).in_flight, 3);
+    assert!(s.is_done(0));
+    // Server 0 answers a cancel with the segment anyway: a duplicate, never stored twice.
+    assert_eq!(
+        s.on_segment(ms(4), conns[1], 1, true),
+        SegmentVerdict::Store
+    );
+    drain(&mut s);
+    assert_eq!(
+        s.on_segment(ms(5), conns[0], 1, true),
+        SegmentVerdict::Duplicate
+    );
+    assert_eq!(s.server_stats(0).segments_done, 0);
+    assert_eq!(s.server_stats(1).segments_done, 2);
+}
+
+#[test]
+fn endgame_respects_max_copies() {
+    let (s, _, actions) = running(Config::default(), 3, 1);
+    let reqs = requests(&actions);
+    assert_eq!(reqs.len(), 2, "one original plus one copy: {reqs:?}");
+    assert!(reqs.iter().all(|&(_, seg)| seg == 0));
+    assert_eq!(s.server_stats(2).in_flight, 0);
+
+    let (_, _, actions) = running(
+        Config {
+            max_copies: 3,
+            ..Config::default()
+        },
+        4,
+        1,
+    );
+    assert_eq!(requests(&actions).len(), 3);
+    let (_, _, actions) = running(
+        Config {
+            endgame: false,
+            ..Config::default()
+        },
+        3,
+        1,
+    );
+    assert_eq!(requests(&actions).len(), 1);
+}
+
+#[test]
+fn repeated_header_is_ignored_and_a_changed_one_blamed() {
+    let (mut s, conns, _) = running(Config::default(), 2, 10);
+    s.on_header(ms(2), conns[0], layout(10));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.server_stats(0).in_flight, 4);
+    s.on_header(ms(3), conns[0], layout(11));
+    assert_eq!(
+        drain(&mut s),
+        [Action::Disconnect {
+            conn: conns[0],
+            reason: DropReason::HeaderMismatch
+        }]
+    );
+    assert_eq!(
+        s.server_state(0),
+        &ServerState::Blamed("header mismatch".into())
+    );
+}
+
+#[test]
+fn segment_before_header_is_a_protocol_drop_and_corrupt_one_blames() {
+    let mut s = Scheduler::new(Config::default(), 2, T0);
+    let conns = connects(&drain(&mut s));
+    assert_eq!(
+        s.on_segment(ms(1), conns[0], 0, true),
+        SegmentVerdict::Unexpected
+    );
+    assert!(matches!(s.server_state(0), ServerState::Backoff { .. }));
+    assert_eq!(
+        s.on_segment(ms(1), conns[1], 0, false),
+        SegmentVerdict::Unexpected
+    );
+    assert_eq!(
+        s.server_state(1),
+        &ServerState::Blamed("corrupt segment 0".into())
+    );
+}
+
+#[test]
+fn huge_layouts_are_cheap() {
+    // A hostile header announcing 2^64-1 segments allocates nothing up front.
+    let (mut s, conns, actions) = running(Config::default(), 1, u64::MAX);
+    assert_eq!(requests(&actions).len(), 4);
+    assert_eq!(
+        s.on_segment(ms(2), conns[0], 2, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(requests(&drain(&mut s)), [(conns[0], 4)]);
+
+    // Resume of 4 Mi segments with only the last three missing.
+    let count = 4 * 1024 * 1024;
+    let done: Vec<u64> = (0..count - 3).collect();
+    let mut s = Scheduler::with_layout(Config::default(), 1, layout(count), &done, T0);
+    let conn = connects(&drain(&mut s))[0];
+    s.on_header(ms(1), conn, layout(count));
+    let segs: Vec<u64> = requests(&drain(&mut s)).iter().map(|r| r.1).collect();
+    assert_eq!(segs, [count - 3, count - 2, count - 1]);
+    for (i, seg) in segs.into_iter().enumerate() {
+        assert_eq!(
+            s.on_segment(ms(2 + i as u64), conn, seg, true),
+            SegmentVerdict::Store
+        );
+    }
+    assert_eq!(s.phase(), Phase::Complete);
+}
+
+#[test]
+fn time_at_the_end_of_duration_does_not_overflow() {
+    let end = Duration::MAX;
+    let mut s = Scheduler::new(Config::default(), 2, end);
+    let conns = connects(&drain(&mut s));
+    assert_eq!(s.next_deadline(), Some(end));
+    s.on_header(end, conns[0], layout(3));
+    s.on_disconnected(end, conns[1], "refused");
+    s.on_progress(end, conns[0], 1);
+    s.on_tick(end);
+    s.retry_now(end);
+    // Time going backwards is tolerated too.
+    s.on_tick(T0);
+    s.on_segment(T0, conns[0], 0, true);
+    drain(&mut s);
+    assert!(matches!(s.phase(), Phase::Running | Phase::Waiting));
+}

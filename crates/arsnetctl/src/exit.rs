@@ -1,0 +1,59 @@
+//! Exit codes, in one place (README's table mirrors this). Cron jobs rely on them.
+
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// The daemon refused the request or it failed.
+    Refused = 1,
+    /// Bad command line (clap uses 2 as well).
+    Usage = 2,
+    /// No daemon at the socket, or the connection broke.
+    Unreachable = 3,
+    /// The download failed.
+    JobFailed = 4,
+    /// The download was cancelled.
+    JobCancelled = 5,
+    /// The download was paused while `--wait` was waiting on it.
+    JobPaused = 6,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<arsnetd::client::ClientError> for Failure {
+    fn from(e: arsnetd::client::ClientError) -> Self {
+        use arsnetd::client::ClientError;
+        match e {
+            ClientError::Unreachable { path, source } => Failure::new(
+                Exit::Unreachable,
+                format!(
+                    "arsnetd is not running at {} ({source}). Start it with `arsnetd` (or `systemctl start arsnetd`), or point --socket / ARSNET_SOCKET at it.",
+                    path.display()
+                ),
+            ),
+            ClientError::Frame(e) => Failure::new(Exit::Unreachable, format!("lost connection to arsnetd: {e}")),
+            ClientError::Daemon(e) => Failure::new(Exit::Refused, e.message),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Human-readable output: tables for jobs and server groups, one progress block per update.
+//! `--json` bypasses all of this.
+
+pub use arsnet_engine::{human_bytes as bytes, human_rate as rate};
+use arsnet_engine::{human_bytes, human_rate};
+use arsnet_proto::control::{GroupInfo, JobInfo, JobState};
+
+pub fn state_text(state: &JobState) -> String {
+    match state {
+        JobState::Failed(reason) => format!("failed: {reason}"),
+        other => other.label().to_string(),
+    }
+}
+
+fn percent(info: &JobInfo) -> f64 {
+    match info.size {
+        Some(0) => 100.0,
+        Some(size) => info.bytes_done as f64 * 100.0 / size as f64,
+        None => 0.0,
+    }
+}
+
+pub fn job_line(info: &JobInfo) -> String {
+    format!(
+        "job {:<4} {:<10} {:>6.1}%  {:>12}  {:>12}  {}",
+        info.id,
+        info.state.label(),
+        percent(info),
+        human_bytes(info.bytes_done),
+        human_rate(info.rate_bps),
+        info.name.as_deref().map_or_else(
+            || info.dir.display().to_string(),
+            |n| info.dir.join(n).display().to_string()
+        ),
+    )
+}
+
+pub fn jobs_table(jobs: &[JobInfo]) -> String {
+    let mut out = String::from("JOBS\n");
+    if jobs.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for job in jobs {
+        out.push_str("  ");
+        out.push_str(&job_line(job));
+        out.push('\n');
+        if let JobState::Failed(reason) = &job.state {
+            out.push_str(&format!("           reason: {reason}\n"));
+        }
+    }
+    out
+}
+
+pub fn groups_table(groups: &[GroupInfo]) -> String {
+    let mut out = String::from("SERVER GROUPS\n");
+    if groups.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for g in groups {
+        out.push_str(&format!(
+            "  group {} {} ({}, {} ports, bind {})\n",
+            g.id,
+            g.file.display(),
+            human_bytes(g.size),
+            g.ports.len(),
+            g.bind
+        ));
+        out.push_str("    PORT   STATE      CONNS  SEGMENTS        SENT          RATE\n");
+        for p in &g.ports {
+            out.push_str(&format!(
+                "    {:<6} {:<10} {:>5}  {:>8}  {:>10}  {:>12}{}\n",
+                p.port,
+                p.state,
+                p.connections,
+                p.segments_sent,
+                human_bytes(p.bytes_sent),
+                human_rate(p.rate_bps),
+                if p.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", p.detail)
+                }
+            ));
+        }
+    }
+    out
+}
+
+/// The full, per-server view of one job (`status`, and each `--wait` report).
+pub fn job_detail(info: &JobInfo) -> String {
+    let mut out = String::new();
+    let total = info
+        .segments_total
+        .map_or("?".to_string(), |t| t.to_string());
+    out.push_str(&format!(
+        "job {} {}  {:.1}%  {}/{} segments  {} of {}  {}  elapsed {:.1}s{}\n",
+        info.id,
+        state_text(&info.state),
+        percent(info),
+        info.segments_done,
+        total,
+        human_bytes(info.bytes_done),
+        info.size.map_or("?".to_string(), human_bytes),
+        human_rate(info.rate_bps),
+        info.elapsed_ms as f64 / 1000.0,
+        if info.adopted_segments > 0 {
+            format!(
+                "  ({} segments adopted from journal)",
+                info.adopted_segments
+            )
+        } else {
+            String::new()
+        },
+    ));
+    out.push_str("  SERVER                 STATE        RATE          BYTES  SEGMENTS  FAILURES\n");
+    for s in &info.sources {
+        out.push_str(&format!(
+            "  {:<22} {:<10} {:>12} {:>12}  {:>8}  {:>8}{}\n",
+            s.address,
+            s.state,
+            human_rate(s.rate_bps),
+            human_bytes(s.bytes),
+            s.segments,
+            s.failures,
+            if s.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", s.detail)
+            }
+        ));
+    }
+    out
+}

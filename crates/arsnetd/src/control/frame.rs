@@ -1,0 +1,61 @@
+//! Length-prefixed control frames on a stream, used by both the daemon and the client. The
+//! length is checked against the limit before the payload is allocated, and once a frame
+//! has started, the rest must arrive within a deadline so a stalled peer cannot pin a
+//! connection half-way through a frame.
+
+use std::time::Duration;
+
+use arsnet_proto::control::{check_frame_len, encode_frame, ControlFrameError};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Time allowed for the rest of a frame once its first byte arrived.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer stalled in the middle of a frame")]
+    Stalled,
+    #[error(transparent)]
+    Frame(#[from] ControlFrameError),
+}
+
+/// Reads one frame's payload. Waits indefinitely for the first byte (an idle connection is
+/// fine), then at most [`FRAME_DEADLINE`] for the rest.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let n = reader.read(&mut prefix[..1]).await?;
+    if n == 0 {
+        return Err(FrameError::Closed);
+    }
+    let rest = async {
+        reader.read_exact(&mut prefix[1..]).await?;
+        let len = check_frame_len(prefix)?;
+        let mut payload = vec![0u8; len];
+        reader.read_exact(&mut payload).await?;
+        Ok::<_, FrameError>(payload)
+    };
+    match tokio::time::timeout(FRAME_DEADLINE, rest).await {
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(FrameError::Closed)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(FrameError::Stalled),
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
+    let frame = encode_frame(value)?;
+    writer.write_all(&frame).await?;
+    writer.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! One control connection: read a request, dispatch it, write the response; `watch` turns
+//! the connection into a stream of pushed updates. A malformed or oversized frame, a wrong
+//! version or a stall mid-frame gets an error response and the connection is closed.
+
+use std::sync::Arc;
+
+use arsnet_proto::control::{
+    decode_client_message, ControlError, ControlFrameError, ErrorKind, JobId, Request, Response,
+    Update,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info};
+
+use crate::control::frame::{read_frame, write_frame, FrameError};
+use crate::daemon::Daemon;
+use crate::{groups, jobs};
+
+pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
+    loop {
+        let payload = match read_frame(&mut stream).await {
+            Ok(payload) => payload,
+            Err(FrameError::Closed) => return,
+            Err(e) => {
+                info!(error = %e, "closing control connection");
+                let kind = ErrorKind::BadRequest;
+                let _ = write_frame(
+                    &mut stream,
+                    &Response::Error(ControlError::new(kind, e.to_string())),
+                )
+                .await;
+                return;
+            }
+        };
+        let request = match decode_client_message(&payload) {
+            Ok(request) => request,
+            Err(e) => {
+                info!(error = %e, "malformed control request; closing connection");
+                let kind = match e {
+                    ControlFrameError::Version { .. } => ErrorKind::Version,
+                    _ => ErrorKind::BadRequest,
+                };
+                let _ = write_frame(
+                    &mut stream,
+                    &Response::Error(ControlError::new(kind, e.to_string())),
+                )
+                .await;
+                return;
+            }
+        };
+        debug!(?request, "control request");
+        if let Request::Watch { id } = request {
+            watch(&daemon, &mut stream, id).await;
+            return;
+        }
+        let response = dispatch(&daemon, request)
+            .await
+            .unwrap_or_else(Response::Error);
+        if write_frame(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, ControlError> {
+    Ok(match request {
+        Request::Ping => Response::Pong {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+        },
+        Request::Serve(spec) => Response::GroupStarted {
+            id: groups::serve(daemon, spec).await?,
+        },
+        Request::Servers => Response::Servers(groups::infos(daemon)),
+        Request::StopServer { ports } => {
+            groups::stop_ports(daemon, &ports)?;
+            Response::Done
+        }
+        Request::StartServer { ports } => {
+            groups::start_ports(daemon, &ports)?;
+            Response::Done
+        }
+        Request::Fetch(spec) => {
+            let (id, attached) = jobs::fetch(daemon, spec)?;
+            Response::Queued { id, attached }
+        }
+        Request::List => Response::List {
+            jobs: jobs::infos(daemon),
+            groups: groups::infos(daemon),
+        },
+        Request::Status { id } => Response::Job(jobs::status(daemon, id)?),
+        Request::Pause { id } => {
+            jobs::pause(daemon, id)?;
+            Response::Done
+        }
+        Request::Resume { id } => {
+            jobs::resume(daemon, id)?;
+            Response::Done
+        }
+        Request::Cancel { id, keep } => {
+            jobs::cancel(daemon, id, keep)?;
+            Response::Done
+        }
+        Request::Shutdown => {
+            info!("shutdown requested over the control socket");
+            daemon.shutdown.cancel();
+            Response::Done
+        }
+        Request::Watch { .. } => {
+            return Err(ControlError::new(
+                ErrorKind::BadRequest,
+                "watch is a stream",
+            ))
+        }
+    })
+}
+
+fn wanted(update: &Update, id: Option<JobId>) -> bool {
+    match (update, id) {
+        (_, None) => true,
+        (Update::Job(info), Some(id)) => info.id == id,
+        (Update::Groups(_), Some(_)) => false,
+    }
+}
+
+/// Streams updates until the client goes away or the daemon stops. The first frames are the
+/// current state, so a watcher never misses an end that happened before it subscribed.
+async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>) {
+    let mut updates = daemon.updates.subscribe();
+    let initial: Vec<Update> = match id {
+        Some(id) => match jobs::status(daemon, id) {
+            Ok(info) => vec![Update::Job(info)],
+            Err(e) => {
+                let _ = write_frame(stream, &Response::Error(e)).await;
+                return;
+            }
+        },
+        None => {
+            let mut all: Vec<Update> = jobs::infos(daemon).into_iter().map(Update::Job).collect();
+            all.push(Update::Groups(groups::infos(daemon)));
+            all
+        }
+    };
+    for update in initial {
+        if write_frame(stream, &Response::Update(update))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let (mut reader, mut writer) = stream.split();
+    let mut probe = [0u8; 1];
+    loop {
+        let response = tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            // Any byte or EOF from a watcher ends the watch.
+            _ = reader.read(&mut probe) => return,
+            update = updates.recv() => match update {
+                Ok(update) if wanted(&update, id) => Response::Update(update),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(skipped)) => Response::Lagged { skipped },
+                Err(RecvError::Closed) => return,
+            },
+        };
+        if write_frame(&mut writer, &response).await.is_err() {
+            return;
+        }
+    }
+}

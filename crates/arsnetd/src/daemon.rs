@@ -1,0 +1,227 @@
+//! The daemon's shared state and lifecycle: the registry of server groups and download jobs
+//! behind one mutex (never held across an await), persistence on every change, pushed
+//! updates for watchers, and the start-up / graceful-shutdown sequence.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arsnet_proto::control::{GroupId, JobId, Update};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::groups::GroupEntry;
+use crate::jobs::JobEntry;
+use crate::persist::{self, GroupRecord, JobRecord, Loaded, StateFile};
+
+/// How long a graceful stop waits for jobs to reach a durable point.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+pub(crate) struct Inner {
+    pub next_job_id: JobId,
+    pub next_group_id: GroupId,
+    pub jobs: BTreeMap<JobId, JobEntry>,
+    pub groups: BTreeMap<GroupId, GroupEntry>,
+}
+
+/// The daemon: everything the control connections act on.
+pub struct Daemon {
+    pub(crate) config: Config,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) updates: broadcast::Sender<Update>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    /// What could not be restored at start-up, reported by `list`.
+    pub(crate) restore_notes: Mutex<Vec<String>>,
+}
+
+impl Daemon {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the job table and groups to disk. Called after every change.
+    pub(crate) fn persist(&self, inner: &Inner) {
+        let state = StateFile {
+            version: StateFile::default().version,
+            next_job_id: inner.next_job_id,
+            next_group_id: inner.next_group_id,
+            jobs: inner
+                .jobs
+                .iter()
+                .map(|(&id, j)| JobRecord {
+                    id,
+                    spec: j.spec.clone(),
+                    state: j.persisted_state(),
+                    name: j.name.clone(),
+                })
+                .collect(),
+            groups: inner
+                .groups
+                .iter()
+                .map(|(&id, g)| GroupRecord {
+                    id,
+                    spec: g.spec.clone(),
+                    stopped_ports: g.group.stopped_ports(),
+                })
+                .collect(),
+        };
+        if let Err(e) = persist::save(&self.state_dir, &state) {
+            error!(error = %e, dir = %self.state_dir.display(), "could not save daemon state");
+        }
+    }
+
+    pub(crate) fn broadcast(&self, update: Update) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.updates.send(update);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = config
+        .log
+        .as_deref()
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or a `shutdown` request.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    init_logging(&config);
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let _lock = crate::lock::lock_state_dir(&state_dir)?;
+    let socket = config.socket_path();
+    let listener = crate::control::bind_socket(&socket)?;
+
+    let (updates, _) = broadcast::channel(256);
+    let daemon = Arc::new(Daemon {
+        config,
+        state_dir: state_dir.clone(),
+        inner: Mutex::new(Inner {
+            next_job_id: 1,
+            next_group_id: 1,
+            jobs: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }),
+        updates,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        restore_notes: Mutex::new(Vec::new()),
+    });
+    restore(&daemon).await;
+    info!(socket = %socket.display(), state_dir = %state_dir.display(), pid = std::process::id(), "arsnetd ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let signals = spawn_signal_handler(daemon.clone());
+    crate::control::serve(daemon.clone(), listener).await;
+
+    // Graceful stop: every job to a durable point, state saved, groups closed.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    info!("shutting down: stopping jobs at a durable point");
+    crate::jobs::stop_all_for_shutdown(&daemon);
+    daemon.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, daemon.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            "some jobs did not stop within {}s",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    {
+        let inner = daemon.lock();
+        daemon.persist(&inner);
+        for entry in inner.groups.values() {
+            entry.group.shutdown();
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    signals.abort();
+    info!("arsnetd stopped");
+    Ok(())
+}
+
+fn spawn_signal_handler(daemon: Arc<Daemon>) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received"); break; }
+                _ = int.recv() => { info!("SIGINT received"); break; }
+                _ = hup.recv() => info!("SIGHUP received: ignored (configuration is read at start only)"),
+            }
+        }
+        daemon.shutdown.cancel();
+    })
+}
+
+/// Loads the state file and brings groups and jobs back.
+async fn restore(daemon: &Arc<Daemon>) {
+    let loaded = match persist::load(&daemon.state_dir) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let note = format!("could not read saved state: {e}; starting empty");
+            error!("{note}");
+            daemon
+                .restore_notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(note);
+            return;
+        }
+    };
+    let state = match loaded {
+        Loaded::Fresh => return,
+        Loaded::State(state) => state,
+        Loaded::Corrupt { reason, kept_at } => {
+            let note = format!(
+                "saved state was unreadable ({reason}); kept it at {} and started empty",
+                kept_at.display()
+            );
+            error!("{note}");
+            daemon
+                .restore_notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(note);
+            return;
+        }
+    };
+    {
+        let mut inner = daemon.lock();
+        inner.next_job_id = state.next_job_id;
+        inner.next_group_id = state.next_group_id;
+    }
+    crate::groups::restore_groups(daemon, state.groups).await;
+    crate::jobs::restore_jobs(daemon, state.jobs);
+    let inner = daemon.lock();
+    daemon.persist(&inner);
+}

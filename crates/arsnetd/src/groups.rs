@@ -1,0 +1,189 @@
+//! Server groups as the daemon sees them: `serve`, `stop-server`, `start-server`,
+//! `servers`, their persistence and restore, and their status pushed to watchers every `-i`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arsnet_engine::server::{validate_ports, GroupConfig, ServeError, ServerGroup};
+use arsnet_proto::control::{ControlError, ErrorKind, GroupId, GroupInfo, ServeSpec, Update};
+use tracing::{error, warn};
+
+use crate::daemon::Daemon;
+use crate::persist::GroupRecord;
+
+pub(crate) struct GroupEntry {
+    pub spec: ServeSpec,
+    pub group: Arc<ServerGroup>,
+}
+
+fn serve_error(e: ServeError) -> ControlError {
+    let kind = match e {
+        ServeError::Internal(_) => ErrorKind::Internal,
+        ServeError::UnknownPort(_) => ErrorKind::NotFound,
+        _ => ErrorKind::BadRequest,
+    };
+    ControlError::new(kind, e.to_string())
+}
+
+fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
+    GroupConfig {
+        file: spec.file.clone(),
+        count: spec.count,
+        ports: spec.ports.clone(),
+        bind: spec.bind.clone(),
+        rate: spec.rate,
+        status_interval: Duration::from_secs(spec.status_interval_secs.max(1)),
+        segment_size: daemon.config.segment_size,
+        cache_dir: Some(daemon.state_dir.join("digests")),
+    }
+}
+
+/// `serve`: validates, hashes, binds every port; all or nothing.
+pub(crate) async fn serve(
+    daemon: &Arc<Daemon>,
+    mut spec: ServeSpec,
+) -> Result<GroupId, ControlError> {
+    validate_ports(spec.count, &spec.ports).map_err(serve_error)?;
+    if spec.rate == Some(0) {
+        return Err(ControlError::new(
+            ErrorKind::BadRequest,
+            "--rate must be at least 1 byte per second",
+        ));
+    }
+    // Relative paths would mean the daemon's working directory: make them absolute here.
+    spec.file = std::path::absolute(&spec.file).map_err(|e| {
+        ControlError::new(
+            ErrorKind::BadRequest,
+            format!("file {}: {e}", spec.file.display()),
+        )
+    })?;
+    let id = {
+        let mut inner = daemon.lock();
+        for (gid, entry) in &inner.groups {
+            if let Some(port) = spec.ports.iter().find(|p| entry.group.ports().contains(p)) {
+                return Err(ControlError::new(
+                    ErrorKind::Conflict,
+                    format!("port {port} cannot be used: already served by group {gid}"),
+                ));
+            }
+        }
+        let id = inner.next_group_id;
+        inner.next_group_id += 1;
+        id
+    };
+    let group = ServerGroup::start(id, group_config(daemon, &spec))
+        .await
+        .map_err(serve_error)?;
+    spawn_status_pusher(daemon, &group, spec.status_interval_secs);
+    let mut inner = daemon.lock();
+    inner.groups.insert(id, GroupEntry { spec, group });
+    daemon.persist(&inner);
+    Ok(id)
+}
+
+fn spawn_status_pusher(daemon: &Arc<Daemon>, group: &Arc<ServerGroup>, interval_secs: u64) {
+    let daemon_weak = Arc::downgrade(daemon);
+    let group_weak = Arc::downgrade(group);
+    let shutdown = daemon.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let (Some(daemon), Some(group)) = (daemon_weak.upgrade(), group_weak.upgrade()) else {
+                break;
+            };
+            daemon.broadcast(Update::Groups(vec![group.info()]));
+        }
+    });
+}
+
+pub(crate) fn infos(daemon: &Daemon) -> Vec<GroupInfo> {
+    daemon
+        .lock()
+        .groups
+        .values()
+        .map(|g| g.group.info())
+        .collect()
+}
+
+/// Applies `op` to every port, after checking that every port exists (all or nothing).
+fn for_ports(
+    daemon: &Daemon,
+    ports: &[u16],
+    op: impl Fn(&ServerGroup, u16) -> Result<(), ServeError>,
+) -> Result<(), ControlError> {
+    if ports.is_empty() {
+        return Err(ControlError::new(ErrorKind::BadRequest, "no port given"));
+    }
+    let inner = daemon.lock();
+    let find = |port: u16| {
+        inner
+            .groups
+            .values()
+            .find(|g| g.group.ports().contains(&port))
+    };
+    if let Some(&missing) = ports.iter().find(|&&p| find(p).is_none()) {
+        return Err(serve_error(ServeError::UnknownPort(missing)));
+    }
+    let mut result = Ok(());
+    for &port in ports {
+        if let Some(entry) = find(port) {
+            if let Err(e) = op(&entry.group, port) {
+                result = Err(serve_error(e));
+                break;
+            }
+        }
+    }
+    daemon.persist(&inner);
+    let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
+    drop(inner);
+    daemon.broadcast(Update::Groups(groups));
+    result
+}
+
+pub(crate) fn stop_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
+    for_ports(daemon, ports, |g, p| g.stop_port(p))
+}
+
+pub(crate) fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
+    for_ports(daemon, ports, |g, p| g.start_port(p))
+}
+
+/// Brings groups back after a restart. A port that cannot be bound is marked failed; a
+/// group whose file is gone is reported and kept in the state file for the operator.
+pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecord>) {
+    for record in records {
+        let config = group_config(daemon, &record.spec);
+        match ServerGroup::restore(record.id, config, &record.stopped_ports).await {
+            Ok(group) => {
+                spawn_status_pusher(daemon, &group, record.spec.status_interval_secs);
+                for port in group.info().ports.iter().filter(|p| p.state == "failed") {
+                    warn!(group = record.id, port = port.port, reason = %port.detail, "restored port failed to listen");
+                }
+                daemon.lock().groups.insert(
+                    record.id,
+                    GroupEntry {
+                        spec: record.spec,
+                        group,
+                    },
+                );
+            }
+            Err(e) => {
+                let note = format!(
+                    "server group {} ({}) could not be restored: {e}",
+                    record.id,
+                    record.spec.file.display()
+                );
+                error!("{note}");
+                daemon
+                    .restore_notes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(note);
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The download queue: `fetch`, `pause`, `resume`, `cancel`, `status`, `list`; at most
+//! `max_active_downloads` jobs run at once and the rest wait in order. Each running job is a
+//! task driving `arsnet_engine::download::run_download`, forwarding its progress to watchers
+//! every metric interval and on every state change. Every transition is persisted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arsnet_engine::download::{run_download, DownloadSpec, JobCommand, Outcome};
+use arsnet_proto::control::{ControlError, ErrorKind, FetchSpec, JobId, JobInfo, JobState, Update};
+use arsnet_store::DownloadStore;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::daemon::{Daemon, Inner};
+use crate::persist::JobRecord;
+
+/// Why a running job is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Run,
+    Pause,
+    Cancel,
+    Shutdown,
+}
+
+struct Live {
+    commands: mpsc::Sender<JobCommand>,
+    info: watch::Receiver<JobInfo>,
+    intent: Intent,
+}
+
+pub(crate) struct JobEntry {
+    pub spec: FetchSpec,
+    pub state: JobState,
+    pub name: Option<String>,
+    info: JobInfo,
+    live: Option<Live>,
+    /// Adopt the partial files when started next (any start after the first).
+    resume_next: bool,
+    /// Was running when the daemon stopped: starts before jobs that were merely queued.
+    restored_running: bool,
+}
+
+impl JobEntry {
+    /// The state written to disk: a job stopped by daemon shutdown is still "running" so
+    /// that the next start continues it.
+    pub fn persisted_state(&self) -> JobState {
+        match &self.live {
+            Some(_) => JobState::Running,
+            None => self.state.clone(),
+        }
+    }
+
+    fn snapshot(&self) -> JobInfo {
+        match &self.live {
+            Some(live) => live.info.borrow().clone(),
+            None => JobInfo {
+                state: self.state.clone(),
+                ..self.info.clone()
+            },
+        }
+    }
+}
+
+fn empty_info(id: JobId, spec: &FetchSpec, state: JobState) -> JobInfo {
+    JobInfo {
+        id,
+        state,
+        dir: spec.dir.clone(),
+        name: None,
+        size: None,
+        segments_total: None,
+        segments_done: 0,
+        bytes_done: 0,
+        adopted_segments: 0,
+        rate_bps: 0,
+        elapsed_ms: 0,
+        sources: Vec::new(),
+    }
+}
+
+fn bad(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::BadRequest, message)
+}
+
+fn not_found(id: JobId) -> ControlError {
+    ControlError::new(ErrorKind::NotFound, format!("no job with id {id}"))
+}
+
+fn validate_fetch(spec: &FetchSpec) -> Result<(), ControlError> {
+    if spec.sources.is_empty() {
+        return Err(bad("at least one server is needed"));
+    }
+    if !spec.dir.is_absolute() {
+        return Err(bad(format!(
+            "output directory {} must be an absolute path",
+            spec.dir.display()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for source in &spec.sources {
+        let port = source.rsplit_once(':').and_then(|(host, port)| {
+            (!host.is_empty()).then_some(())?;
+            port.parse::<u16>().ok().filter(|&p| p != 0)
+        });
+        if port.is_none() {
+            return Err(bad(format!(
+                "server address {source:?} is not HOST:PORT with a port 1..=65535"
+            )));
+        }
+        if !seen.insert(source) {
+            return Err(bad(format!("server {source} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+fn same_download(a: &FetchSpec, b: &FetchSpec) -> bool {
+    let set = |s: &FetchSpec| s.sources.iter().cloned().collect::<HashSet<_>>();
+    a.dir == b.dir && set(a) == set(b)
+}
+
+/// `fetch`: enqueue, or attach to the same download already in the queue (with `-r`).
+pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, bool), ControlError> {
+    validate_fetch(&spec)?;
+    let id = {
+        let mut inner = daemon.lock();
+        let existing = inner
+            .jobs
+            .iter()
+            .find(|(_, j)| !j.state.is_terminal() && same_download(&j.spec, &spec))
+            .map(|(&id, _)| id);
+        if let Some(existing) = existing {
+            if spec.resume {
+                return Ok((existing, true));
+            }
+            return Err(ControlError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {existing} already downloads from these servers into {}; use `arsnetctl status {existing}` (or fetch -r to attach to it)",
+                    spec.dir.display()
+                ),
+            ));
+        }
+        let id = inner.next_job_id;
+        inner.next_job_id += 1;
+        let entry = JobEntry {
+            info: empty_info(id, &spec, JobState::Queued),
+            resume_next: spec.resume,
+            spec,
+            state: JobState::Queued,
+            name: None,
+            live: None,
+            restored_running: false,
+        };
+        let snapshot = entry.snapshot();
+        inner.jobs.insert(id, entry);
+        daemon.persist(&inner);
+        daemon.broadcast(Update::Job(snapshot));
+        id
+    };
+    info!(job = id, "download queued");
+    pump(daemon);
+    Ok((id, false))
+}
+
+/// Starts queued jobs while there is a free slot: jobs that were running before a restart
+/// first, then in order of arrival.
+pub(crate) fn pump(daemon: &Arc<Daemon>) {
+    if daemon.is_shutting_down() {
+        return;
+    }
+    let mut inner = daemon.lock();
+    let active = inner.jobs.values().filter(|j| j.live.is_some()).count();
+    let free = daemon.config.max_active_downloads.saturating_sub(active);
+    let mut queued: Vec<(bool, JobId)> = inner
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.state == JobState::Queued && j.live.is_none())
+        .map(|(&id, j)| (!j.restored_running, id))
+        .collect();
+    queued.sort();
+    for (_, id) in queued.into_iter().take(free) {
+        start(daemon, &mut inner, id);
+    }
+    daemon.persist(&inner);
+}
+
+fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
+    let Some(entry) = inner.jobs.get_mut(&id) else {
+        return;
+    };
+    let spec = DownloadSpec {
+        id,
+        dir: entry.spec.dir.clone(),
+        sources: entry.spec.sources.clone(),
+        resume: entry.resume_next,
+        name: entry.name.clone(),
+        overwrite: entry.spec.overwrite,
+        config: daemon
+            .config
+            .download_config(entry.spec.metric_interval_secs),
+    };
+    entry.resume_next = true;
+    entry.restored_running = false;
+    entry.state = JobState::Running;
+    let (cmd_tx, cmd_rx) = mpsc::channel(4);
+    let initial = JobInfo {
+        state: JobState::Running,
+        ..entry.info.clone()
+    };
+    let (info_tx, info_rx) = watch::channel(initial);
+    entry.live = Some(Live {
+        commands: cmd_tx,
+        info: info_rx.clone(),
+        intent: Intent::Run,
+    });
+    let interval = Duration::from_secs(entry.spec.metric_interval_secs.max(1));
+    let daemon = daemon.clone();
+    info!(job = id, resume = spec.resume, "download starting");
+    let d = daemon.clone();
+    daemon.tasks.spawn(async move {
+        let run = run_download(spec, info_tx, cmd_rx);
+        tokio::pin!(run);
+        let forward = forward_updates(&d, id, info_rx, interval);
+        tokio::pin!(forward);
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = &mut forward => run.await,
+        };
+        finish(&d, id, outcome);
+    });
+}
+
+/// Pushes a job's progress to watchers every `interval` and at once on a state change;
+/// records the file name as soon as it is known (so a restart adopts the right files).
+async fn forward_updates(
+    daemon: &Daemon,
+    id: JobId,
+    mut info: watch::Receiver<JobInfo>,
+    interval: Duration,
+) {
+    let mut last_state: Option<JobState> = None;
+    let mut last_sent = Instant::now();
+    let mut named = false;
+    while info.changed().await.is_ok() {
+        let snapshot = info.borrow_and_update().clone();
+        if !named {
+            if let Some(name) = &snapshot.name {
+                named = true;
+                let mut inner = daemon.lock();
+                if let Some(entry) = inner.jobs.get_mut(&id) {
+                    entry.name = Some(name.clone());
+                }
+                daemon.persist(&inner);
+            }
+        }
+        let changed = last_state.as_ref() != Some(&snapshot.state);
+        if changed || last_sent.elapsed() >= interval {
+            if changed && last_state.is_some() {
+                info!(
+                    job = id,
+                    state = snapshot.state.label(),
+                    "job state changed"
+                );
+            }
+            last_state = Some(snapshot.state.clone());
+            last_sent = Instant::now();
+            daemon.broadcast(Update::Job(snapshot));
+        }
+    }
+}
+
+fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
+    let snapshot = {
+        let mut inner = daemon.lock();
+        let Some(entry) = inner.jobs.get_mut(&id) else {
+            return;
+        };
+        let live = entry.live.take();
+        let intent = live.as_ref().map_or(Intent::Run, |l| l.intent);
+        if let Some(live) = &live {
+            entry.info = live.info.borrow().clone();
+            if entry.name.is_none() {
+                entry.name = entry.info.name.clone();
+            }
+        }
+        entry.state = match outcome {
+            Outcome::Completed(_) => JobState::Completed,
+            Outcome::Failed(reason) => JobState::Failed(reason),
+            Outcome::Cancelled => JobState::Cancelled,
+            Outcome::Stopped if intent == Intent::Shutdown => {
+                entry.restored_running = true;
+                JobState::Running
+            }
+            Outcome::Stopped => JobState::Paused,
+        };
+        info!(job = id, state = entry.state.label(), "job ended");
+        let snapshot = entry.snapshot();
+        daemon.persist(&inner);
+        snapshot
+    };
+    daemon.broadcast(Update::Job(snapshot));
+    pump(daemon);
+}
+
+pub(crate) fn pause(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError> {
+    let mut inner = daemon.lock();
+    let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
+    if let Some(live) = &mut entry.live {
+        live.intent = Intent::Pause;
+        let _ = live.commands.try_send(JobCommand::Stop);
+        return Ok(());
+    }
+    match entry.state {
+        JobState::Queued => entry.state = JobState::Paused,
+        ref s => {
+            return Err(bad(format!(
+                "job {id} is {} and cannot be paused",
+                s.label()
+            )))
+        }
+    }
+    let snapshot = entry.snapshot();
+    daemon.persist(&inner);
+    drop(inner);
+    daemon.broadcast(Update::Job(snapshot));
+    Ok(())
+}
+
+pub(crate) fn resume(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError> {
+    {
+        let mut inner = daemon.lock();
+        let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
+        match (&entry.state, &entry.live) {
+            (JobState::Paused | JobState::Failed(_), None) => {
+                entry.state = JobState::Queued;
+                entry.resume_next = true;
+            }
+            (s, _) => {
+                return Err(bad(format!(
+                    "job {id} is {} and cannot be resumed",
+                    s.label()
+                )))
+            }
+        }
+        let snapshot = entry.snapshot();
+        daemon.persist(&inner);
+        daemon.broadcast(Update::Job(snapshot));
+    }
+    pump(daemon);
+    Ok(())
+}
+
+pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), ControlError> {
+    let mut inner = daemon.lock();
+    let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
+    if let Some(live) = &mut entry.live {
+        live.intent = Intent::Cancel;
+        let _ = live.commands.try_send(JobCommand::Cancel { keep });
+        return Ok(());
+    }
+    if matches!(entry.state, JobState::Completed | JobState::Cancelled) {
+        return Err(bad(format!(
+            "job {id} is {} and cannot be cancelled",
+            entry.state.label()
+        )));
+    }
+    if !keep && entry.resume_next {
+        if let Some(name) = &entry.name {
+            for path in [
+                DownloadStore::dump_path(&entry.spec.dir, name),
+                DownloadStore::journal_path(&entry.spec.dir, name),
+            ] {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(job = id, path = %path.display(), error = %e, "could not remove partial file");
+                    }
+                }
+            }
+        }
+    }
+    entry.state = JobState::Cancelled;
+    let snapshot = entry.snapshot();
+    daemon.persist(&inner);
+    drop(inner);
+    daemon.broadcast(Update::Job(snapshot));
+    Ok(())
+}
+
+pub(crate) fn status(daemon: &Daemon, id: JobId) -> Result<JobInfo, ControlError> {
+    daemon
+        .lock()
+        .jobs
+        .get(&id)
+        .map(JobEntry::snapshot)
+        .ok_or_else(|| not_found(id))
+}
+
+pub(crate) fn infos(daemon: &Daemon) -> Vec<JobInfo> {
+    daemon
+        .lock()
+        .jobs
+        .values()
+        .map(JobEntry::snapshot)
+        .collect()
+}
+
+/// Daemon shutdown: every running job stops at a durable point and stays "running" on disk.
+pub(crate) fn stop_all_for_shutdown(daemon: &Daemon) {
+    let mut inner = daemon.lock();
+    for live in inner.jobs.values_mut().filter_map(|j| j.live.as_mut()) {
+        live.intent = Intent::Shutdown;
+        let _ = live.commands.try_send(JobCommand::Stop);
+    }
+}
+
+/// Rebuilds the queue from the state file and starts what should run.
+pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
+    {
+        let mut inner = daemon.lock();
+        for record in records {
+            let was_running = matches!(record.state, JobState::Running | JobState::Waiting);
+            let started_before = was_running
+                || matches!(record.state, JobState::Paused | JobState::Failed(_))
+                || record.spec.resume;
+            let state = if was_running {
+                JobState::Queued
+            } else {
+                record.state
+            };
+            let mut info = empty_info(record.id, &record.spec, state.clone());
+            info.name = record.name.clone();
+            inner.jobs.insert(
+                record.id,
+                JobEntry {
+                    spec: record.spec,
+                    state,
+                    name: record.name,
+                    info,
+                    live: None,
+                    resume_next: started_before,
+                    restored_running: was_running,
+                },
+            );
+        }
+        let counts = inner.jobs.len();
+        info!(jobs = counts, "job table restored");
+    }
+    pump(daemon);
+}
