@@ -93,9 +93,11 @@ pub enum Response {
         id: JobId,
         attached: bool,
     },
+    /// `notes` says what could not be restored at the daemon's last start.
     List {
         jobs: Vec<JobInfo>,
         groups: Vec<GroupInfo>,
+        notes: Vec<String>,
     },
     Job(JobInfo),
     Update(Update),

@@ -16,6 +16,37 @@
 //! cancelled. Failed servers reconnect after a doubling, capped backoff; servers that send bad
 //! data or a different header are blamed and never contacted again.
 //!
+//! Once the job is [`Phase::Complete`] the scheduler emits nothing more (not even cancels for
+//! copies still in flight): the driver closes every connection itself.
+//!
+//! A driver's loop, in outline:
+//!
+//! ```
+//! use std::time::Duration;
+//! use arsnet_sched::{Action, Config, Layout, Phase, Scheduler, SegmentVerdict};
+//!
+//! let layout = Layout { segment_count: 2, fingerprint: [0; 32] };
+//! let mut sched = Scheduler::new(Config::default(), 1, Duration::ZERO);
+//! let mut now = Duration::ZERO;
+//! while sched.phase() != Phase::Complete {
+//!     now += Duration::from_millis(1);
+//!     // A real driver waits for the network or for `sched.next_deadline()`; this one
+//!     // answers every action at once, as a perfect server would.
+//!     while let Some(action) = sched.poll_action() {
+//!         match action {
+//!             Action::Connect { conn, .. } => sched.on_header(now, conn, layout),
+//!             Action::Request { conn, segment } => {
+//!                 assert_eq!(sched.on_segment(now, conn, segment, true), SegmentVerdict::Store);
+//!             }
+//!             Action::Cancel { conn, segment } => sched.on_cancelled(now, conn, segment),
+//!             Action::Disconnect { .. } => {}
+//!         }
+//!     }
+//!     sched.on_tick(now);
+//! }
+//! assert_eq!(sched.segments_done(), 2);
+//! ```
+//!
 //! [`Duration`]: std::time::Duration
 
 #![forbid(unsafe_code)]

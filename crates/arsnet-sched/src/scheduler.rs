@@ -139,6 +139,7 @@ impl Scheduler {
 
     /// Bytes of a requested segment arrived on `conn`: the connection is not stalled.
     pub fn on_progress(&mut self, now: Duration, conn: ConnId, bytes: u64) {
+        // How much arrived does not matter here: any data at all resets the stall clock.
         let _ = bytes;
         if self.complete {
             return;
@@ -256,7 +257,13 @@ impl Scheduler {
         if self.complete {
             return;
         }
+        // Only timers due on entry: a timer re-armed at or before `now` (zero timeouts, time at
+        // the end of `Duration`) waits for the next tick instead of spinning here.
+        let mut due = Vec::new();
         while let Some(server) = self.servers.pop_due(now) {
+            due.push(server);
+        }
+        for server in due {
             self.expire(server, now);
         }
         self.settle(now);
@@ -398,10 +405,13 @@ impl Scheduler {
         }
         let was_idle = conn.slots.is_empty();
         while conn.slots.len() < depth {
+            // Endgame copies go only to a connection with nothing else in flight (one at a
+            // time): a duplicate costs a server's bandwidth, so only idle capacity pays it.
+            let idle = conn.slots.is_empty();
             let Some(segment) = job
                 .segments
                 .take_missing()
-                .or_else(|| job.segments.pick_duplicate(server))
+                .or_else(|| idle.then(|| job.segments.pick_duplicate(server)).flatten())
             else {
                 break;
             };

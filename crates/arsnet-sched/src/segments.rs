@@ -298,9 +298,10 @@ mod tests {
             Some(2),
             "segment 1 is at the copy limit"
         );
-        // One copy goes away: duplicable again, and still dated by its remaining request.
+        // One copy goes away: duplicable again, now dated by its remaining (newer) request.
         assert!(t.remove_holder(1, 0));
-        assert_eq!(t.pick_duplicate(2), Some(1));
+        assert_eq!(t.pick_duplicate(2), Some(2));
+        assert_eq!(t.pick_duplicate(0), Some(1));
         // The winner finishing reports the other holder for cancellation.
         assert!(!t.add_holder(2, 1, ms(50)));
         assert_eq!(t.finish(2, 1), Some(vec![0]));

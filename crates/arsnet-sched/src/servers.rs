@@ -203,7 +203,7 @@ impl Servers {
         };
         let delay = config.backoff(entry.attempt);
         entry.attempt = entry.attempt.saturating_add(1);
-        entry.failures += 1;
+        entry.failures = entry.failures.saturating_add(1);
         let state = ServerState::Backoff {
             until: now.saturating_add(delay),
             attempt: entry.attempt,
@@ -217,13 +217,13 @@ impl Servers {
         let Some(entry) = self.list.get_mut(server) else {
             return;
         };
-        entry.failures += 1;
+        entry.failures = entry.failures.saturating_add(1);
         self.set_state(server, ServerState::Blamed(reason));
     }
 
     pub(crate) fn count_store(&mut self, server: ServerId) {
         if let Some(entry) = self.list.get_mut(server) {
-            entry.segments_done += 1;
+            entry.segments_done = entry.segments_done.saturating_add(1);
         }
     }
 

@@ -109,17 +109,21 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::List => match call(&socket, Request::List).await? {
-            Response::List { jobs, groups } => {
-                let text = format!(
+            Response::List {
+                jobs,
+                groups,
+                notes,
+            } => {
+                let mut text = format!(
                     "{}\n{}",
                     render::jobs_table(&jobs),
                     render::groups_table(&groups)
                 );
-                print_value(
-                    json,
-                    &serde_json::json!({ "jobs": jobs, "groups": groups }),
-                    text.trim_end(),
-                )
+                for note in &notes {
+                    text.push_str(&format!("\nWARNING: {note}"));
+                }
+                let value = serde_json::json!({ "jobs": jobs, "groups": groups, "notes": notes });
+                print_value(json, &value, text.trim_end())
             }
             other => unexpected(other),
         },

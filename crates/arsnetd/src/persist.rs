@@ -117,8 +117,10 @@ mod tests {
     fn round_trip_and_corrupt_file_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(load(dir.path()).unwrap(), Loaded::Fresh));
-        let mut state = StateFile::default();
-        state.next_job_id = 7;
+        let state = StateFile {
+            next_job_id: 7,
+            ..StateFile::default()
+        };
         save(dir.path(), &state).unwrap();
         match load(dir.path()).unwrap() {
             Loaded::State(s) => assert_eq!(s, state),

@@ -328,9 +328,15 @@ fn unsolicited_cancel_returns_the_segment_but_is_not_progress() {
 #[test]
 fn cancelled_copy_frees_its_slot_without_returning_the_segment() {
     let (mut s, conns, _) = running(Config::default(), 2, 5);
-    // Server 0: 0..4, server 1: 4, then duplicates of 0, 1, 2 (oldest first).
+    // Server 0 holds 0..4, server 1 holds 4. Only once server 1 is idle does it copy the
+    // oldest outstanding segment (0).
     assert_eq!(
-        s.on_segment(ms(2), conns[1], 0, true),
+        s.on_segment(ms(2), conns[1], 4, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(requests(&drain(&mut s)), [(conns[1], 0)]);
+    assert_eq!(
+        s.on_segment(ms(3), conns[1], 0, true),
         SegmentVerdict::Store
     );
     let actions = drain(&mut s);
@@ -341,25 +347,29 @@ fn cancelled_copy_frees_its_slot_without_returning_the_segment() {
             segment: 0
         }
     );
+    // Idle again: server 1 copies the next oldest, segment 1.
+    assert_eq!(requests(&actions), [(conns[1], 1)]);
     assert_eq!(
         s.server_stats(0).in_flight,
         4,
         "slot busy until the server answers"
     );
-    s.on_cancelled(ms(3), conns[0], 0);
-    assert_eq!(s.server_stats(0).in_flight, 3);
+    s.on_cancelled(ms(4), conns[0], 0);
+    // Server 0 still has work in flight, so it takes no copy; segment 0 stays done.
+    assert!(requests(&drain(&mut s)).is_empty());
     assert!(s.is_done(0));
-    // Server 0 answers a cancel with the segment anyway: a duplicate, never stored twice.
+    assert_eq!(s.server_stats(0).in_flight, 3);
+    // Server 0 delivers 1 first; server 1's copy is then a duplicate, never stored twice.
     assert_eq!(
-        s.on_segment(ms(4), conns[1], 1, true),
+        s.on_segment(ms(5), conns[0], 1, true),
         SegmentVerdict::Store
     );
     drain(&mut s);
     assert_eq!(
-        s.on_segment(ms(5), conns[0], 1, true),
+        s.on_segment(ms(6), conns[1], 1, true),
         SegmentVerdict::Duplicate
     );
-    assert_eq!(s.server_stats(0).segments_done, 0);
+    assert_eq!(s.server_stats(0).segments_done, 1);
     assert_eq!(s.server_stats(1).segments_done, 2);
 }
 

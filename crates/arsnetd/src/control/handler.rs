@@ -88,6 +88,11 @@ async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, Co
         Request::List => Response::List {
             jobs: jobs::infos(daemon),
             groups: groups::infos(daemon),
+            notes: daemon
+                .restore_notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         },
         Request::Status { id } => Response::Job(jobs::status(daemon, id)?),
         Request::Pause { id } => {

@@ -1,0 +1,449 @@
+//! The control plane: the queue, pause/resume/cancel, restart after kill -9 and SIGTERM,
+//! corrupt state, the socket's owner-only access, hostile frames, one daemon per state dir,
+//! pushed updates.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn terminal(s: &Value) -> bool {
+    matches!(job_state(s).as_str(), "completed" | "failed" | "cancelled")
+}
+
+fn jobs(d: &Daemon) -> Vec<Value> {
+    d.json(&["list"])["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A rate-limited group of 2 servers serving `files` files of `size` bytes each.
+fn slow_files(
+    root: &std::path::Path,
+    servers: &Daemon,
+    files: usize,
+    size: usize,
+    rate: u64,
+) -> Vec<(Vec<u16>, Vec<u8>, String)> {
+    (0..files)
+        .map(|i| {
+            let name = format!("f{i}.bin");
+            let path = root.join(&name);
+            let data = write_file(&path, size, 100 + i as u64);
+            let ports = free_ports(2);
+            serve(servers, &path, &ports, &["--rate", &rate.to_string()]);
+            (ports, data, name)
+        })
+        .collect()
+}
+
+#[test]
+fn queue_runs_at_most_max_active_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let config = format!("max_active_downloads = 2\n{TEST_CONFIG}");
+    let client = Daemon::start_with_config(&tmp.path().join("cli"), &config);
+    let files = slow_files(tmp.path(), &servers, 5, 1024 * 1024, 1024 * 1024);
+    let out = tmp.path().join("out");
+    let ids: Vec<u64> = files
+        .iter()
+        .map(|(ports, _, _)| fetch(&client, &out, ports, &[]))
+        .collect();
+    let deadline = Instant::now() + LONG;
+    let mut max_running = 0;
+    loop {
+        let list = jobs(&client);
+        let states: Vec<String> = list.iter().map(job_state).collect();
+        let running = states
+            .iter()
+            .filter(|s| *s == "running" || *s == "waiting")
+            .count();
+        max_running = max_running.max(running);
+        assert!(running <= 2, "more than 2 running: {states:?}");
+        // Jobs start in order: a queued job is never ahead of a started one.
+        let first_queued = states
+            .iter()
+            .position(|s| s == "queued")
+            .unwrap_or(states.len());
+        assert!(
+            states[first_queued..].iter().all(|s| s == "queued"),
+            "out of order: {states:?}"
+        );
+        if states.iter().all(|s| s == "completed") {
+            break;
+        }
+        assert!(states.iter().all(|s| s != "failed"), "{list:?}");
+        assert!(
+            Instant::now() < deadline,
+            "queue did not finish: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(max_running, 2, "the slots were used");
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    for (_, data, name) in &files {
+        assert_same(&out.join(name), data);
+    }
+}
+
+#[test]
+fn pause_resume_cancel_and_keep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let files = slow_files(tmp.path(), &servers, 3, 4 * 1024 * 1024, 1024 * 1024);
+    let out = tmp.path().join("out");
+
+    // Pause at a durable point, then resume: completes byte-identical.
+    let (ports, data, name) = &files[0];
+    let job = fetch(&client, &out, ports, &[]).to_string();
+    client.wait_job(1, LONG, |s| progress(s) > 0.1);
+    client.ok(&["pause", &job]);
+    let paused = client.wait_job(1, LONG, |s| job_state(s) == "paused");
+    let journal = out.join(format!("{name}.arsnet-segments"));
+    assert!(journal.exists(), "partial files kept while paused");
+    assert!(paused["segments_done"].as_u64().unwrap() > 0);
+    let err = client.ctl(&["pause", &job]);
+    assert!(!err.status.success(), "pausing a paused job is an error");
+    client.ok(&["resume", &job]);
+    let done = client.wait_job(1, LONG, terminal);
+    assert_eq!(job_state(&done), "completed", "{done}");
+    assert!(
+        done["adopted_segments"].as_u64().unwrap() > 0,
+        "resumed from the journal: {done}"
+    );
+    assert_same(&out.join(name), data);
+    let err = client.ctl(&["resume", &job]);
+    assert!(
+        !err.status.success(),
+        "resuming a completed job is an error"
+    );
+    assert!(String::from_utf8_lossy(&err.stderr).contains("completed"));
+
+    // Cancel removes the partial files...
+    let (ports, _, name) = &files[1];
+    let job = fetch(&client, &out, ports, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.1);
+    client.ok(&["cancel", &job.to_string()]);
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "cancelled");
+    assert!(!out.join(format!("{name}.arsnet-dump")).exists());
+    assert!(!out.join(format!("{name}.arsnet-segments")).exists());
+
+    // ...unless --keep, and then fetch -r adopts them.
+    let (ports, data, name) = &files[2];
+    let job = fetch(&client, &out, ports, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.1);
+    client.ok(&["cancel", "--keep", &job.to_string()]);
+    client.wait_job(job, LONG, terminal);
+    assert!(out.join(format!("{name}.arsnet-segments")).exists());
+    let again = fetch(&client, &out, ports, &["-r"]);
+    let st = client.wait_job(again, LONG, terminal);
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert!(st["adopted_segments"].as_u64().unwrap() > 0);
+    assert_same(&out.join(name), data);
+
+    // Unknown ids are clear errors.
+    let err = client.ctl(&["status", "999"]);
+    assert_eq!(err.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no job with id 999"));
+}
+
+#[test]
+fn second_fetch_of_same_download_is_refused_and_r_attaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let files = slow_files(tmp.path(), &servers, 1, 2 * 1024 * 1024, 1024 * 1024);
+    let (ports, data, name) = &files[0];
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, ports, &[]);
+    let ps = ports_args(ports);
+    let mut args = vec![
+        "fetch",
+        "-o",
+        out.to_str().unwrap(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+    ];
+    args.extend(ps.iter().map(String::as_str));
+    let dup = client.ctl(&args);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains(&format!("job {job}")));
+    let attached = fetch(&client, &out, ports, &["-r"]);
+    assert_eq!(attached, job);
+    assert_eq!(
+        job_state(&client.wait_job(job, LONG, terminal)),
+        "completed"
+    );
+    assert_same(&out.join(name), data);
+}
+
+#[test]
+fn kill9_restores_running_queued_paused_and_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let config = format!("max_active_downloads = 1\n{TEST_CONFIG}");
+    let mut client = Daemon::start_with_config(&tmp.path().join("cli"), &config);
+    let files = slow_files(tmp.path(), &servers, 3, 8 * 1024 * 1024, 2 * 1024 * 1024);
+    let out = tmp.path().join("out");
+    let running = fetch(&client, &out, &files[0].0, &[]);
+    let queued = fetch(&client, &out, &files[1].0, &[]);
+    let paused = fetch(&client, &out, &files[2].0, &[]);
+    client.ok(&["pause", &paused.to_string()]);
+    // The client daemon also hosts a group with one port stopped.
+    let own_file = tmp.path().join("own.bin");
+    write_file(&own_file, 100_000, 77);
+    let own_ports = free_ports(2);
+    serve(&client, &own_file, &own_ports, &[]);
+    client.ok(&["stop-server", &own_ports[1].to_string()]);
+    client.wait_job(running, LONG, |s| progress(s) > 0.3);
+
+    client.kill9();
+    assert!(!is_listening(own_ports[0]));
+    client.restart();
+
+    let states = |c: &Daemon| -> Vec<String> { jobs(c).iter().map(job_state).collect() };
+    let now = states(&client);
+    assert!(now[0] == "running" || now[0] == "waiting", "{now:?}");
+    assert_eq!(now[1], "queued");
+    assert_eq!(now[2], "paused");
+    let groups = client.json(&["servers"]);
+    assert_eq!(groups[0]["ports"][0]["state"], "listening", "{groups}");
+    assert_eq!(groups[0]["ports"][1]["state"], "stopped", "{groups}");
+    assert!(is_listening(own_ports[0]) && !is_listening(own_ports[1]));
+
+    let st = client.wait_job(running, LONG, terminal);
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert!(st["adopted_segments"].as_u64().unwrap() > 0);
+    assert_same(&out.join(&files[0].2), &files[0].1);
+    // No verified segment fetched twice beyond what was in flight at the kill.
+    let total = st["segments_total"].as_u64().unwrap();
+    let sent: u64 = servers.json(&["servers"])[0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["segments_sent"].as_u64().unwrap())
+        .sum();
+    assert!(
+        sent <= total + 2 * 4 + 8 + 2,
+        "sent {sent} for {total} segments"
+    );
+    // The queued one runs next; the paused one stays paused.
+    assert_eq!(
+        job_state(&client.wait_job(queued, LONG, terminal)),
+        "completed"
+    );
+    assert_eq!(job_state(&client.status(paused)), "paused");
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_the_job_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let mut client = Daemon::start(&tmp.path().join("cli"));
+    let files = slow_files(tmp.path(), &servers, 1, 8 * 1024 * 1024, 2 * 1024 * 1024);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &files[0].0, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.2);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(client.pid() as i32, libc::SIGTERM) };
+    assert_eq!(client.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(!client.socket.exists(), "socket removed on a clean stop");
+    client.restart();
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert!(st["adopted_segments"].as_u64().unwrap() > 0);
+    assert_same(&out.join(&files[0].2), &files[0].1);
+}
+
+#[test]
+fn corrupt_state_file_is_reported_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&tmp.path().join("d"));
+    d.kill9();
+    std::fs::write(
+        d.state_dir.join("state.json"),
+        b"{\"version\": 1, \"jobs\": [tru",
+    )
+    .unwrap();
+    d.restart();
+    let list = d.json(&["list"]);
+    let note = list["notes"][0].as_str().unwrap_or_default().to_string();
+    assert!(
+        note.contains("unreadable") && note.contains("state.json.corrupt-"),
+        "{list}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(&d.state_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the bad file is kept aside");
+    assert!(d.ok(&["list"]).contains("WARNING"));
+}
+
+#[test]
+fn second_daemon_on_same_state_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let out = std::process::Command::new(bin("arsnetd"))
+        .arg("--socket")
+        .arg(tmp.path().join("other.sock"))
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("already running (pid {})", d.pid())),
+        "{stderr}"
+    );
+    // Same socket, other state dir: also refused, and the first daemon is unharmed.
+    let out = std::process::Command::new(bin("arsnetd"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(tmp.path().join("other-state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    d.ok(&["list"]);
+}
+
+#[test]
+fn socket_is_private_and_other_users_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Open everything up, then connect as nobody: the uid check must still refuse.
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for dir in [tmp.path(), d.root.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ctl = tmp.path().join("arsnetctl");
+    std::fs::copy(bin("arsnetctl"), &ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&ctl)
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("list")
+        .output()
+        .expect("setpriv (util-linux) is installed");
+    assert!(!out.status.success(), "another uid must be refused");
+    assert!(d
+        .log()
+        .contains("refused control connection from another user"));
+    d.ok(&["list"]);
+}
+
+#[test]
+fn hostile_frames_close_only_that_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let before = rss_kib(d.pid());
+    // A 4 GiB length prefix.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let mut reply = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply).contains("exceeds"),
+        "error reply before close"
+    );
+    // Random bytes.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let junk = test_data(4096, 42);
+    s.write_all(&(junk.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&junk).unwrap();
+    let mut reply = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut reply);
+    assert!(!reply.is_empty(), "an error answer, then close");
+    // A frame that claims 1000 bytes and stalls: the connection is eventually closed
+    // without blocking anyone else.
+    let mut stalled = UnixStream::connect(&d.socket).unwrap();
+    stalled.write_all(&1000u32.to_be_bytes()).unwrap();
+    stalled.write_all(&[1, 2, 3]).unwrap();
+    d.ok(&["list"]);
+    let after = rss_kib(d.pid());
+    assert!(
+        after < before + 64 * 1024,
+        "memory jumped from {before} to {after} KiB"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn watch_receives_pushed_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let files = slow_files(tmp.path(), &servers, 1, 4 * 1024 * 1024, 1024 * 1024);
+    let out = tmp.path().join("out");
+    let mut watcher = std::process::Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&client.socket)
+        .args(["--json", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = fetch(&client, &out, &files[0].0, &[]);
+    client.wait_job(job, LONG, terminal);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let mut text = String::new();
+    watcher
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let updates: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let job_updates: Vec<&Value> = updates
+        .iter()
+        .filter_map(|u| u["Update"].get("Job"))
+        .collect();
+    assert!(
+        job_updates.len() >= 3,
+        "progress was pushed: {} updates",
+        job_updates.len()
+    );
+    let progress: Vec<u64> = job_updates
+        .iter()
+        .map(|j| j["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(job_state(job_updates.last().unwrap()), "completed");
+}

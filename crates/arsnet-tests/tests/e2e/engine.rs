@@ -1,0 +1,422 @@
+//! The engine-core behaviours: serve, fetch, failover, resume after kill -9, integrity,
+//! and the bad inputs that must be refused with nothing started or written.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::faulty::{Fault, FaultyServer};
+use crate::util::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn completed(s: &serde_json::Value) -> bool {
+    job_state(s) == "completed"
+}
+
+fn terminal(s: &serde_json::Value) -> bool {
+    matches!(job_state(s).as_str(), "completed" | "failed" | "cancelled")
+}
+
+/// Serve `size` bytes on 4 servers and fetch them with `fetch --wait`.
+fn download_roundtrip(size: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("payload.bin");
+    let data = write_file(&file, size, size as u64 + 7);
+    let ports = free_ports(4);
+    serve(&servers, &file, &ports, &[]);
+    let out = tmp.path().join("out");
+    let ps = ports_args(&ports);
+    let mut args = vec![
+        "fetch",
+        "--wait",
+        "-o",
+        out.to_str().unwrap(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+    ];
+    args.extend(ps.iter().map(String::as_str));
+    let stdout = client.ok(&args);
+    assert!(
+        stdout.contains("completed"),
+        "final report shows completion: {stdout}"
+    );
+    assert_same(&out.join("payload.bin"), &data);
+    // Only the final file remains: no dump, no journal.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("payload.bin")]);
+}
+
+#[test]
+fn download_empty_file() {
+    download_roundtrip(0);
+}
+
+#[test]
+fn download_one_byte() {
+    download_roundtrip(1);
+}
+
+#[test]
+fn download_size_not_multiple_of_segment() {
+    download_roundtrip(65536 * 37 + 12345);
+}
+
+#[test]
+fn download_large_file_uses_every_server() {
+    let size = 100 * 1024 * 1024 + 4321;
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("big.bin");
+    let data = write_file(&file, size, 99);
+    let ports = free_ports(4);
+    serve(&servers, &file, &ports, &[]);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &ports, &[]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&out.join("big.bin"), &data);
+    let segments: Vec<u64> = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["segments"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        segments.iter().sum::<u64>(),
+        status["segments_total"].as_u64().unwrap()
+    );
+    assert!(
+        segments.iter().all(|&n| n > 0),
+        "every server contributed: {segments:?}"
+    );
+}
+
+/// Starts a slow (rate-limited) 4-server group and a fetch of it; returns what the
+/// failover tests need.
+struct Slow {
+    tmp: tempfile::TempDir,
+    servers: Daemon,
+    client: Daemon,
+    ports: Vec<u16>,
+    data: Vec<u8>,
+    out: std::path::PathBuf,
+}
+
+fn slow_setup(size: usize, rate_per_server: u64) -> Slow {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("slow.bin");
+    let data = write_file(&file, size, 1234);
+    let ports = free_ports(4);
+    let rate = rate_per_server.to_string();
+    serve(&servers, &file, &ports, &["--rate", &rate]);
+    let out = tmp.path().join("out");
+    Slow {
+        tmp,
+        servers,
+        client,
+        ports,
+        data,
+        out,
+    }
+}
+
+#[test]
+fn stop_server_mid_transfer_fails_over() {
+    let s = slow_setup(16 * 1024 * 1024, 2 * 1024 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client.wait_job(job, LONG, |st| progress(st) >= 0.25);
+    let victim = s.ports[1].to_string();
+    s.servers.ok(&["stop-server", &victim]);
+    assert!(
+        !is_listening(s.ports[1]),
+        "stopped server no longer listens"
+    );
+    let status = s.client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&s.out.join("slow.bin"), &s.data);
+    let victim_source = &status["sources"][1];
+    assert!(
+        victim_source["failures"].as_u64().unwrap() >= 1,
+        "{victim_source}"
+    );
+    // The other servers took over the victim's share.
+    let others: u64 = [0, 2, 3]
+        .iter()
+        .map(|&i| status["sources"][i]["segments"].as_u64().unwrap())
+        .sum();
+    assert!(others > status["segments_total"].as_u64().unwrap() * 3 / 4 - 1);
+}
+
+#[test]
+fn all_servers_stopped_then_started_completes() {
+    let s = slow_setup(8 * 1024 * 1024, 2 * 1024 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client.wait_job(job, LONG, |st| progress(st) >= 0.2);
+    let ps = ports_args(&s.ports);
+    let mut stop = vec!["stop-server"];
+    stop.extend(ps.iter().map(String::as_str));
+    s.servers.ok(&stop);
+    let waiting = s
+        .client
+        .wait_job(job, LONG, |st| job_state(st) == "waiting");
+    let kept = waiting["bytes_done"].as_u64().unwrap();
+    assert!(kept > 0, "keeps what it has while waiting");
+    assert!(
+        !s.out.join("slow.bin").exists(),
+        "no final file while incomplete"
+    );
+    let mut start = vec!["start-server"];
+    start.extend(ps.iter().map(String::as_str));
+    s.servers.ok(&start);
+    let status = s.client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&s.out.join("slow.bin"), &s.data);
+}
+
+#[test]
+fn kill9_client_daemon_then_fetch_r_resumes() {
+    let mut s = slow_setup(16 * 1024 * 1024, 2 * 1024 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client.wait_job(job, LONG, |st| progress(st) >= 0.4);
+    s.client.kill9();
+    let dump = s.out.join("slow.bin.arsnet-dump");
+    let journal = s.out.join("slow.bin.arsnet-segments");
+    assert!(
+        dump.exists() && journal.exists(),
+        "partial files survive kill -9"
+    );
+    // A fresh daemon on a fresh state dir: only the dump + journal carry the progress.
+    let client2 = Daemon::start(&s.tmp.path().join("cli2"));
+    let job2 = fetch(&client2, &s.out, &s.ports, &["-r"]);
+    let status = client2.wait_job(job2, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&s.out.join("slow.bin"), &s.data);
+    assert!(!dump.exists() && !journal.exists());
+    let total = status["segments_total"].as_u64().unwrap();
+    let adopted = status["adopted_segments"].as_u64().unwrap();
+    assert!(adopted >= total * 3 / 10, "adopted {adopted} of {total}");
+    assert!(client2.log().contains("adopted segments from the journal"));
+    // Everything the servers sent, across both runs, is the file plus at most what was in
+    // flight or awaiting its durability point at the kill (4 servers x 4 in flight, a commit
+    // batch of 8) plus endgame duplicates.
+    let groups = s.servers.json(&["servers"]);
+    let sent: u64 = groups[0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["segments_sent"].as_u64().unwrap())
+        .sum();
+    assert!(
+        sent <= total + 16 + 8 + 16,
+        "servers sent {sent} segments for a {total}-segment file"
+    );
+}
+
+#[test]
+fn serve_refuses_bad_input_and_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("srv"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 1000, 1);
+    let f = file.to_str().unwrap();
+    let [a, b] = free_ports(2)[..] else {
+        unreachable!()
+    };
+    let (a_s, b_s) = (a.to_string(), b.to_string());
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let dir = tmp.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-n", "2", "-f", f, "-p", &a_s, "80"], "1024..=65535"),
+        (vec!["-n", "3", "-f", f, "-p", &a_s, &b_s], "-n says 3"),
+        (vec!["-n", "2", "-f", f, "-p", &a_s, &a_s], "listed twice"),
+        (vec!["-n", "2", "-f", f, "-p", &a_s, &busy_port], &busy_port),
+        (
+            vec!["-n", "1", "-f", "/nonexistent/file", "-p", &a_s],
+            "No such file",
+        ),
+        (vec!["-n", "1", "-f", dir, "-p", &a_s], "not a regular file"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["serve", "-i", "1"];
+        full.extend(args.iter().copied());
+        let out = d.ctl(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{full:?} should fail");
+        assert!(
+            stderr.contains(needle),
+            "{full:?}: error {stderr:?} should mention {needle:?}"
+        );
+        assert!(
+            !is_listening(a) && !is_listening(b),
+            "{full:?} left a port listening"
+        );
+    }
+    assert_eq!(
+        d.json(&["servers"]),
+        serde_json::json!([]),
+        "no group was started"
+    );
+}
+
+#[test]
+fn existing_target_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("data.bin");
+    let data = write_file(&file, 300_000, 5);
+    let ports = free_ports(2);
+    serve(&servers, &file, &ports, &[]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("data.bin"), b"precious").unwrap();
+    let job = fetch(&client, &out, &ports, &[]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&status), "failed", "{status}");
+    assert!(status.to_string().contains("already exists"), "{status}");
+    assert_eq!(std::fs::read(out.join("data.bin")).unwrap(), b"precious");
+    // With --overwrite it is replaced.
+    let job = fetch(&client, &out, &ports, &["--overwrite"]);
+    assert!(completed(&client.wait_job(job, LONG, terminal)));
+    assert_same(&out.join("data.bin"), &data);
+}
+
+#[test]
+fn fetch_wait_exit_code_reports_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A faulty server that is the only source and corrupts segment 0: the job must fail
+    // (every server blamed), and --wait must say so with a non-zero exit code.
+    let data = test_data(200_000, 3);
+    let bad = FaultyServer::start(data, "x.bin", 65536, Fault::CorruptSegment(0));
+    let port = bad.port.to_string();
+    let out_s = out.to_str().unwrap();
+    let result = client.ctl(&[
+        "fetch",
+        "--wait",
+        "-o",
+        out_s,
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port,
+    ]);
+    assert_eq!(
+        result.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(String::from_utf8_lossy(&result.stderr).contains("failed"));
+    assert!(!out.join("x.bin").exists(), "no final file from bad data");
+}
+
+#[test]
+fn corrupt_segment_blames_server_and_file_is_still_correct() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let data = test_data(2 * 1024 * 1024 + 99, 8);
+    let liar = FaultyServer::start(data.clone(), "file.bin", 65536, Fault::CorruptAll);
+    let slow = Fault::Slow(Duration::from_millis(5));
+    let honest1 = FaultyServer::start(data.clone(), "file.bin", 65536, slow.clone());
+    let honest2 = FaultyServer::start(data.clone(), "file.bin", 65536, slow);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &[liar.port, honest1.port, honest2.port], &[]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&out.join("file.bin"), &data);
+    let liar_status = &status["sources"][0];
+    assert_eq!(liar_status["state"], "blamed", "{status}");
+    assert_eq!(
+        liar_status["segments"], 0,
+        "no segment of the liar was accepted"
+    );
+    assert!(
+        liar_status["detail"].as_str().unwrap().contains("corrupt"),
+        "{liar_status}"
+    );
+    assert!(client.log().contains("segment failed verification"));
+}
+
+#[test]
+fn hostile_file_name_is_refused_and_nothing_written_outside_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let data = test_data(100_000, 9);
+    let evil = FaultyServer::start(data, "x", 65536, Fault::Name("../x".into()));
+    let out = tmp.path().join("a").join("out");
+    let job = fetch(&client, &out, &[evil.port], &[]);
+    // The header is refused at every attempt: the job keeps waiting and never writes.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = client.status(job);
+    assert_ne!(job_state(&status), "completed");
+    assert!(status.to_string().contains("unsafe file name"), "{status}");
+    assert!(!tmp.path().join("a").join("x").exists());
+    assert!(!tmp.path().join("a").join("x.arsnet-dump").exists());
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.count())
+        .into_iter()
+        .collect();
+    assert!(
+        written.iter().all(|&n| n == 0),
+        "nothing written in DIR either"
+    );
+    client.ok(&["cancel", &job.to_string()]);
+}
+
+#[test]
+fn server_with_different_content_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let data = test_data(4 * 1024 * 1024, 10);
+    let other = test_data(4 * 1024 * 1024, 20);
+    // The honest servers answer first (and slowly), so their content is the reference when
+    // the impostor's header arrives.
+    let slow = Fault::Slow(Duration::from_millis(10));
+    let good1 = FaultyServer::start(data.clone(), "same.bin", 65536, slow.clone());
+    let good2 = FaultyServer::start(data.clone(), "same.bin", 65536, slow);
+    let late = Fault::LateHeader(Duration::from_millis(150));
+    let impostor = FaultyServer::start(other, "same.bin", 65536, late);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &[good1.port, good2.port, impostor.port], &[]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert_same(&out.join("same.bin"), &data);
+    let impostor_status = &status["sources"][2];
+    assert_eq!(impostor_status["state"], "blamed", "{status}");
+    assert!(
+        impostor_status["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mismatch"),
+        "{impostor_status}"
+    );
+}
+
+#[test]
+fn ctl_without_daemon_fails_with_documented_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(tmp.path().join("nope.sock"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("arsnetd is not running"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    assert!(!Path::new(&tmp.path().join("nope.sock")).exists());
+}

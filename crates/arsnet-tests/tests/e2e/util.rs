@@ -1,0 +1,340 @@
+//! Test harness: builds and locates the real binaries, runs daemons on temp sockets and
+//! state dirs, runs `arsnetctl` commands, makes test files and finds free loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Directory holding the built binaries (target/<profile>), after making sure they are
+/// up to date: `cargo test` only builds binaries of the package under test, so build them.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test-binary>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "arsnetd", "-p", "arsnetctl"]);
+        if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the binaries");
+        assert!(status.success(), "building arsnetd/arsnetctl failed");
+        dir
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A running `arsnetd` with its own socket and state dir, killed when dropped.
+pub struct Daemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    config: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+/// Daemon config used by tests: small segments so that small files have many, quick
+/// backoff and stall detection so that failover tests do not wait long.
+pub const TEST_CONFIG: &str = r#"
+segment_size = 65536
+[download]
+pipeline_depth = 4
+stall_timeout_secs = 5
+connect_timeout_secs = 5
+backoff_initial_ms = 100
+backoff_max_secs = 1
+commit_batch = 8
+commit_interval_ms = 100
+"#;
+
+impl Daemon {
+    /// Starts a daemon under `root` (socket, state dir and log inside it).
+    pub fn start(root: &Path) -> Daemon {
+        Self::start_with_config(root, TEST_CONFIG)
+    }
+
+    pub fn start_with_config(root: &Path, config: &str) -> Daemon {
+        std::fs::create_dir_all(root).unwrap();
+        let config_path = root.join("arsnetd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut daemon = Daemon {
+            root: root.to_path_buf(),
+            socket: root.join("ctl.sock"),
+            state_dir: root.join("state"),
+            config: Some(config_path),
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("arsnetd.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin("arsnetd"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn arsnetd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.ctl(&["list"]).status.success() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("arsnetd exited early with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("arsnetd did not come up; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("arsnetd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Runs `arsnetctl --socket S ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("arsnetctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run arsnetctl")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "arsnetctl {args:?} failed ({}): {}{}\ndaemon log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command with `--json` that must succeed; parses its single JSON object.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let text = self.ok(&full);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
+    }
+
+    pub fn status(&self, job: u64) -> Value {
+        self.json(&["status", &job.to_string()])
+    }
+
+    /// Polls the job until `pred` holds; panics (with the log) after `timeout`.
+    pub fn wait_job(&self, job: u64, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(job);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not reach the expected state: {status}\nlog tail:\n{}",
+                tail(&self.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same socket and state dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("arsnetd did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn job_state(status: &Value) -> String {
+    match &status["state"] {
+        Value::String(s) => s.to_lowercase(),
+        Value::Object(map) => map
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default()
+            .to_lowercase(),
+        other => other.to_string(),
+    }
+}
+
+pub fn progress(status: &Value) -> f64 {
+    let done = status["bytes_done"].as_f64().unwrap_or(0.0);
+    match status["size"].as_f64() {
+        Some(size) if size > 0.0 => done / size,
+        _ => 0.0,
+    }
+}
+
+/// Free loopback ports (held until all are chosen, so none repeats).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Deterministic pseudo-random content, so a mismatch is reproducible.
+pub fn test_data(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+pub fn write_file(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let data = test_data(size, seed);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Asserts the file equals `expected` without printing megabytes on failure.
+pub fn assert_same(path: &Path, expected: &[u8]) {
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(got.len(), expected.len(), "size of {}", path.display());
+    assert!(got == expected, "content of {} differs", path.display());
+}
+
+pub fn ports_args(ports: &[u16]) -> Vec<String> {
+    ports.iter().map(|p| p.to_string()).collect()
+}
+
+/// `serve -i 1 -n N -f FILE -p PORTS... --bind 127.0.0.1 [EXTRA...]`; returns the group id.
+pub fn serve(d: &Daemon, file: &Path, ports: &[u16], extra: &[&str]) -> u64 {
+    let n = ports.len().to_string();
+    let ps = ports_args(ports);
+    let mut args = vec![
+        "serve",
+        "-i",
+        "1",
+        "-n",
+        &n,
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+    ];
+    args.extend(ps.iter().map(String::as_str));
+    args.extend_from_slice(&["--bind", "127.0.0.1"]);
+    args.extend_from_slice(extra);
+    d.ok(&args).trim().parse().expect("group id")
+}
+
+/// `fetch -o DIR -a 127.0.0.1 -p PORTS... [EXTRA...]`; returns the job id.
+pub fn fetch(d: &Daemon, dir: &Path, ports: &[u16], extra: &[&str]) -> u64 {
+    let ps = ports_args(ports);
+    let mut args = vec![
+        "fetch",
+        "-o",
+        dir.to_str().unwrap(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+    ];
+    args.extend(ps.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    d.ok(&args)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .expect("job id")
+}
+
+pub fn is_listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
