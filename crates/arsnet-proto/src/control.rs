@@ -26,6 +26,10 @@ pub enum Request {
     StartServer {
         ports: Vec<u16>,
     },
+    /// Stops every port of a group and forgets it.
+    RemoveGroup {
+        id: GroupId,
+    },
     Fetch(FetchSpec),
     List,
     Status {

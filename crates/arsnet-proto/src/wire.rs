@@ -297,12 +297,14 @@ pub fn decode_server(head: FrameHead, payload: &[u8]) -> Result<ServerFrame, Wir
         FrameType::Digests => {
             let first = r.u64();
             let count = r.u32();
-            if payload.len() != 12 + 32 * count as usize {
+            let expected = 12 + 32 * u64::from(count);
+            if payload.len() as u64 != expected {
+                let expected = u32::try_from(expected).unwrap_or(u32::MAX);
                 return Err(WireError::BadLength {
                     ty: head.ty,
                     len: head.len,
-                    min: 12 + 32 * count,
-                    max: 12 + 32 * count,
+                    min: expected,
+                    max: expected,
                 });
             }
             let digests = (0..count).map(|_| r.array()).collect();
@@ -619,6 +621,20 @@ mod tests {
         assert!(matches!(
             a.finish(),
             Err(WireError::Layout(ManifestError::RootMismatch))
+        ));
+    }
+
+    #[test]
+    fn digest_count_that_overflows_is_an_error_not_a_panic() {
+        let mut payload = vec![0u8; 12 + 32];
+        payload[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        let head = FrameHead {
+            ty: FrameType::Digests,
+            len: payload.len() as u32,
+        };
+        assert!(matches!(
+            decode_server(head, &payload),
+            Err(WireError::BadLength { .. })
         ));
     }
 

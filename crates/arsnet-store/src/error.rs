@@ -22,6 +22,9 @@ pub enum StoreError {
     /// A partial download (dump or journal) already exists: adopt or discard it first.
     #[error("partial download file {} already exists (resume or discard it)", .0.display())]
     PartialExists(PathBuf),
+    /// Another download (in this or another process) holds the partial download's journal.
+    #[error("partial download {} is in use by another download", .0.display())]
+    InUse(PathBuf),
     /// There is no partial download to adopt: the journal does not exist.
     #[error("no partial download: {} does not exist", .0.display())]
     NoPartial(PathBuf),

@@ -369,6 +369,7 @@ impl DownloadStore {
             .and_then(|()| create_new(&paths.journal))
             .and_then(|journal| {
                 journal_created = true;
+                lock_journal(&journal, &paths.journal)?;
                 Store::create(dump, journal, manifest, &paths)
             })
             // The journal's directory entry must be durable before anything is committed.
@@ -413,6 +414,7 @@ impl DownloadStore {
             }
             Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
         };
+        lock_journal(&journal, &paths.journal)?;
         let dump = OpenOptions::new()
             .read(true)
             .write(true)
@@ -538,6 +540,24 @@ fn create_new(path: &Path) -> Result<File, StoreError> {
                 StoreError::io("creating", path, e)
             }
         })
+}
+
+/// Takes an exclusive, non-blocking `flock` on the journal for as long as the file stays
+/// open, so two downloads (two jobs, or two daemons) can never write the same partial files.
+/// The kernel releases it when the holder exits, even by `kill -9`.
+fn lock_journal(journal: &File, path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a valid descriptor owned by `journal` for the duration of the call.
+    let rc = unsafe { libc::flock(journal.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(StoreError::InUse(path.to_path_buf()))
+    } else {
+        Err(StoreError::io("locking", path, err))
+    }
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StoreError> {

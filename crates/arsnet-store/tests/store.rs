@@ -610,3 +610,20 @@ fn enospc_is_a_clear_error_and_committed_state_survives() {
     assert_eq!(adopted.segments, vec![0]);
     assert!(adopted.rejected.is_empty());
 }
+
+#[test]
+fn a_partial_download_has_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3 * SEG as usize + 5, 4);
+    let m = manifest(NAME, &data);
+    let first = store_with(dir.path(), &m, &data, &[&[0]]);
+    // While the first store is open, nobody else may adopt the same files...
+    match DownloadStore::adopt(dir.path(), NAME, false) {
+        Err(StoreError::InUse(path)) => assert!(path.ends_with(format!("{NAME}.arsnet-segments"))),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    // ...and once it is closed (or its process died), adoption works.
+    drop(first);
+    let (_second, adopted) = DownloadStore::adopt(dir.path(), NAME, false).unwrap();
+    assert_eq!(adopted.segments, vec![0]);
+}

@@ -79,6 +79,11 @@ pub enum Command {
         #[arg(value_name = "PORT", num_args = 1.., required = true, value_parser = any_port)]
         ports: Vec<u16>,
     },
+    /// Stop every port of a server group and forget it.
+    Unserve {
+        /// The group id printed by `serve` (see `servers`).
+        id: u64,
+    },
     /// Download the file served at IP on PORTs into DIR (the spec's Client.py). Prints the job
     /// id; with --wait, reports progress every -i seconds and exits 0 only when DIR/NAME is
     /// complete and verified.

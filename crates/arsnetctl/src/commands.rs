@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::StartServer { ports } => {
             done(json, call(&socket, Request::StartServer { ports }).await?)
         }
+        Command::Unserve { id } => done(json, call(&socket, Request::RemoveGroup { id }).await?),
         Command::Fetch {
             resume,
             interval,

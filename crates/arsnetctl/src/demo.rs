@@ -253,6 +253,8 @@ pub async fn run(
     if let Some(state) = Some(&info.state).filter(|s| **s != JobState::Completed) {
         return Err(fail(format!("job ended {}", render::state_text(state))));
     }
+    // Leave a shared daemon as it was: the demo's group serves a temp file.
+    let _ = call(&socket, Request::RemoveGroup { id: group }).await;
     if private.is_some() {
         let _ = call(&socket, Request::Shutdown).await;
     }

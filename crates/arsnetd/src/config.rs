@@ -72,6 +72,9 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub max_active_downloads: usize,
+    /// Finished (completed, failed, cancelled) jobs kept in the job table; older ones are
+    /// forgotten when new jobs arrive.
+    pub keep_finished_jobs: usize,
     /// A group whose members may also use the control socket (besides the daemon's user
     /// and root).
     pub control_group: Option<String>,
@@ -87,6 +90,7 @@ impl Default for Config {
             socket: None,
             state_dir: None,
             max_active_downloads: 3,
+            keep_finished_jobs: 100,
             control_group: None,
             segment_size: None,
             log: None,
@@ -158,6 +162,21 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "download.commit_batch must be at least 1".into(),
             ));
+        }
+        let d = &self.download;
+        for (name, value, max) in [
+            ("download.stall_timeout_secs", d.stall_timeout_secs, 3600),
+            ("download.connect_timeout_secs", d.connect_timeout_secs, 600),
+            ("download.backoff_initial_ms", d.backoff_initial_ms, 600_000),
+            ("download.backoff_max_secs", d.backoff_max_secs, 3600),
+            ("download.commit_interval_ms", d.commit_interval_ms, 60_000),
+            ("download.commit_batch", d.commit_batch as u64, 4096),
+        ] {
+            if value > max {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at most {max}"
+                )));
+            }
         }
         if let Some(size) = self.segment_size {
             use arsnet_proto::limits::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};

@@ -60,6 +60,7 @@ impl Daemon {
                     spec: j.spec.clone(),
                     state: j.persisted_state(),
                     name: j.name.clone(),
+                    resume: j.resume_next,
                 })
                 .collect(),
             groups: inner

@@ -144,6 +144,20 @@ fn for_ports(
     result
 }
 
+/// `unserve`: stops every port of the group and forgets it (also on restart).
+pub(crate) fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlError> {
+    let mut inner = daemon.lock();
+    let entry = inner.groups.remove(&id).ok_or_else(|| {
+        ControlError::new(ErrorKind::NotFound, format!("no server group with id {id}"))
+    })?;
+    entry.group.shutdown();
+    daemon.persist(&inner);
+    let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
+    drop(inner);
+    daemon.broadcast(Update::Groups(groups));
+    Ok(())
+}
+
 pub(crate) fn stop_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
     for_ports(daemon, ports, |g, p| g.stop_port(p))
 }

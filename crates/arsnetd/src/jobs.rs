@@ -16,13 +16,25 @@ use tracing::{info, warn};
 use crate::daemon::{Daemon, Inner};
 use crate::persist::JobRecord;
 
-/// Why a running job is being stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a running job is being stopped. Later requests may only raise it (run < shutdown <
+/// pause < cancel): a paused job stays paused through a daemon restart, and a cancel is never
+/// undone by a pause that was still in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Intent {
     Run,
-    Pause,
-    Cancel,
     Shutdown,
+    Pause,
+    Cancel { keep: bool },
+}
+
+impl Live {
+    fn raise(&mut self, intent: Intent, command: JobCommand) {
+        if matches!(intent, Intent::Cancel { .. }) || intent > self.intent {
+            self.intent = intent;
+        }
+        // A full channel already holds a stop command; the intent decides the final state.
+        let _ = self.commands.try_send(command);
+    }
 }
 
 struct Live {
@@ -38,7 +50,7 @@ pub(crate) struct JobEntry {
     info: JobInfo,
     live: Option<Live>,
     /// Adopt the partial files when started next (any start after the first).
-    resume_next: bool,
+    pub(crate) resume_next: bool,
     /// Was running when the daemon stopped: starts before jobs that were merely queued.
     restored_running: bool,
 }
@@ -134,6 +146,18 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
             .map(|(&id, _)| id);
         if let Some(existing) = existing {
             if spec.resume {
+                // Attaching to a job that is paused or failed means: continue it.
+                if let Some(entry) = inner.jobs.get_mut(&existing) {
+                    if entry.live.is_none()
+                        && matches!(entry.state, JobState::Paused | JobState::Failed(_))
+                    {
+                        entry.state = JobState::Queued;
+                        entry.resume_next = true;
+                        daemon.persist(&inner);
+                    }
+                }
+                drop(inner);
+                pump(daemon);
                 return Ok((existing, true));
             }
             return Err(ControlError::new(
@@ -144,6 +168,7 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
                 ),
             ));
         }
+        prune_finished(&mut inner, daemon.config.keep_finished_jobs);
         let id = inner.next_job_id;
         inner.next_job_id += 1;
         let entry = JobEntry {
@@ -288,15 +313,23 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
                 entry.name = entry.info.name.clone();
             }
         }
-        entry.state = match outcome {
-            Outcome::Completed(_) => JobState::Completed,
-            Outcome::Failed(reason) => JobState::Failed(reason),
-            Outcome::Cancelled => JobState::Cancelled,
-            Outcome::Stopped if intent == Intent::Shutdown => {
+        entry.state = match (outcome, intent) {
+            (Outcome::Completed(_), _) => JobState::Completed,
+            (Outcome::Failed(reason), _) => JobState::Failed(reason),
+            (Outcome::Stopped | Outcome::Cancelled, Intent::Cancel { keep }) => {
+                if !keep {
+                    // The job may have stopped for an earlier pause before the cancel
+                    // arrived: make sure the partial files go, journal first.
+                    remove_partial(id, &entry.spec.dir, entry.name.as_deref());
+                }
+                JobState::Cancelled
+            }
+            (Outcome::Cancelled, _) => JobState::Cancelled,
+            (Outcome::Stopped, Intent::Shutdown) => {
                 entry.restored_running = true;
                 JobState::Running
             }
-            Outcome::Stopped => JobState::Paused,
+            (Outcome::Stopped, _) => JobState::Paused,
         };
         info!(job = id, state = entry.state.label(), "job ended");
         let snapshot = entry.snapshot();
@@ -311,8 +344,7 @@ pub(crate) fn pause(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError>
     let mut inner = daemon.lock();
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
-        live.intent = Intent::Pause;
-        let _ = live.commands.try_send(JobCommand::Stop);
+        live.raise(Intent::Pause, JobCommand::Stop);
         return Ok(());
     }
     match entry.state {
@@ -359,8 +391,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
     let mut inner = daemon.lock();
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
-        live.intent = Intent::Cancel;
-        let _ = live.commands.try_send(JobCommand::Cancel { keep });
+        live.raise(Intent::Cancel { keep }, JobCommand::Cancel { keep });
         return Ok(());
     }
     if matches!(entry.state, JobState::Completed | JobState::Cancelled) {
@@ -370,18 +401,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
         )));
     }
     if !keep && entry.resume_next {
-        if let Some(name) = &entry.name {
-            for path in [
-                DownloadStore::dump_path(&entry.spec.dir, name),
-                DownloadStore::journal_path(&entry.spec.dir, name),
-            ] {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        warn!(job = id, path = %path.display(), error = %e, "could not remove partial file");
-                    }
-                }
-            }
-        }
+        remove_partial(id, &entry.spec.dir, entry.name.as_deref());
     }
     entry.state = JobState::Cancelled;
     let snapshot = entry.snapshot();
@@ -389,6 +409,30 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
     drop(inner);
     daemon.broadcast(Update::Job(snapshot));
     Ok(())
+}
+
+/// Removes a job's partial files (journal first, so a crash half way leaves nothing that
+/// looks adoptable). A job that never learned its file name created none.
+fn remove_partial(id: JobId, dir: &std::path::Path, name: Option<&str>) {
+    if let Some(name) = name {
+        if let Err(e) = DownloadStore::discard_partial(dir, name) {
+            warn!(job = id, error = %e, "could not remove partial files");
+        }
+    }
+}
+
+/// Forgets the oldest finished jobs beyond `keep`, so the job table (and every `list`)
+/// stays bounded for daemons that run for years of cron fetches.
+fn prune_finished(inner: &mut Inner, keep: usize) {
+    let finished: Vec<JobId> = inner
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.state.is_terminal() && j.live.is_none())
+        .map(|(&id, _)| id)
+        .collect();
+    for id in finished.iter().take(finished.len().saturating_sub(keep)) {
+        inner.jobs.remove(id);
+    }
 }
 
 pub(crate) fn status(daemon: &Daemon, id: JobId) -> Result<JobInfo, ControlError> {
@@ -413,8 +457,7 @@ pub(crate) fn infos(daemon: &Daemon) -> Vec<JobInfo> {
 pub(crate) fn stop_all_for_shutdown(daemon: &Daemon) {
     let mut inner = daemon.lock();
     for live in inner.jobs.values_mut().filter_map(|j| j.live.as_mut()) {
-        live.intent = Intent::Shutdown;
-        let _ = live.commands.try_send(JobCommand::Stop);
+        live.raise(Intent::Shutdown, JobCommand::Stop);
     }
 }
 
@@ -424,7 +467,8 @@ pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
         let mut inner = daemon.lock();
         for record in records {
             let was_running = matches!(record.state, JobState::Running | JobState::Waiting);
-            let started_before = was_running
+            let started_before = record.resume
+                || was_running
                 || matches!(record.state, JobState::Paused | JobState::Failed(_))
                 || record.spec.resume;
             let state = if was_running {

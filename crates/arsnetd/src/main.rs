@@ -22,7 +22,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(arsnetd::run(config)) {
+    let result = runtime.block_on(arsnetd::run(config));
+    // Blocking work still running (hashing a huge file, re-verifying a journal) must not
+    // hold the exit hostage: everything durable was saved before `run` returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("arsnetd: {e:#}");

@@ -20,6 +20,9 @@ pub struct JobRecord {
     pub state: JobState,
     /// File name, once a server told it: picks the partial files to adopt on restore.
     pub name: Option<String>,
+    /// The next start adopts the partial files (the job ran before).
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// One server group as persisted.

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::buffers::BufferPool;
 use crate::wire_io::read_server_frame;
 
 /// Read granularity of segment bodies: the progress counter moves at least this often.
@@ -66,22 +67,34 @@ impl Drop for ConnHandle {
     }
 }
 
+/// The job's accepted manifest, shared so that every connection serving the same content
+/// uses one digest table instead of holding its own copy.
+pub(crate) type Canonical = Arc<std::sync::Mutex<Option<Arc<Manifest>>>>;
+
+/// What a connection needs from its job besides its address.
+#[derive(Clone)]
+pub(crate) struct ConnContext {
+    pub connect_timeout: Duration,
+    pub events: mpsc::Sender<ConnEvent>,
+    pub canonical: Canonical,
+    pub buffers: BufferPool,
+}
+
 pub(crate) fn spawn_connection(
     server: usize,
     conn: ConnId,
     address: String,
-    connect_timeout: Duration,
-    events: mpsc::Sender<ConnEvent>,
+    ctx: ConnContext,
 ) -> ConnHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let task = tokio::spawn(async move {
-        let error = match run(conn, &address, connect_timeout, rx, &events, &counter).await {
+        let error = match run(conn, &address, &ctx, rx, &counter).await {
             Ok(()) => "connection closed by server".to_string(),
             Err(e) => e,
         };
-        let _ = events.send(ConnEvent::Closed { conn, error }).await;
+        let _ = ctx.events.send(ConnEvent::Closed { conn, error }).await;
     });
     ConnHandle {
         server,
@@ -151,13 +164,17 @@ async fn handshake(
 async fn run(
     conn: ConnId,
     address: &str,
-    connect_timeout: Duration,
+    ctx: &ConnContext,
     mut commands: mpsc::UnboundedReceiver<ConnCommand>,
-    events: &mpsc::Sender<ConnEvent>,
     received: &AtomicU64,
 ) -> Result<(), String> {
-    let (stream, manifest) = handshake(address, connect_timeout).await?;
-    let manifest = Arc::new(manifest);
+    let events = &ctx.events;
+    let (stream, manifest) = handshake(address, ctx.connect_timeout).await?;
+    let shared = ctx.canonical.lock().ok().and_then(|c| c.clone());
+    let manifest = match shared {
+        Some(canonical) if canonical.identity() == manifest.identity() => canonical,
+        _ => Arc::new(manifest),
+    };
     events
         .send(ConnEvent::Header {
             conn,
@@ -192,7 +209,7 @@ async fn run(
                 ServerFrame::Segment(head) => {
                     check_segment_head(&manifest, &head)
                         .map_err(|e| format!("protocol violation: {e}"))?;
-                    let mut data = vec![0u8; head.length as usize];
+                    let mut data = ctx.buffers.take(head.length as usize);
                     let mut hasher = blake3::Hasher::new();
                     for chunk in data.chunks_mut(READ_CHUNK) {
                         reader

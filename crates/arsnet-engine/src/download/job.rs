@@ -18,7 +18,8 @@ use arsnet_store::{DownloadStore, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::connection::{spawn_connection, ConnCommand, ConnEvent, ConnHandle};
+use super::buffers::BufferPool;
+use super::connection::{spawn_connection, ConnCommand, ConnContext, ConnEvent, ConnHandle};
 use super::writer::{spawn_writer, WriteMsg, WriteReport, WriterConfig};
 use crate::rate::RateMeter;
 use crate::{human_bytes, human_rate};
@@ -105,7 +106,7 @@ struct Job {
     sched: Scheduler,
     conns: HashMap<ConnId, ConnHandle>,
     sources: Vec<Source>,
-    events_tx: mpsc::Sender<ConnEvent>,
+    ctx: ConnContext,
     manifest: Option<Arc<Manifest>>,
     writer: Option<mpsc::Sender<WriteMsg>>,
     reports: Option<mpsc::UnboundedReceiver<WriteReport>>,
@@ -113,6 +114,8 @@ struct Job {
     bytes_done: u64,
     durable: u64,
     finishing: bool,
+    /// Until when the writer's backpressure excuses silent connections from stall detection.
+    disk_busy_until: Option<Instant>,
     info: watch::Sender<JobInfo>,
 }
 
@@ -120,7 +123,7 @@ fn sched_config(c: &DownloadConfig) -> SchedConfig {
     SchedConfig {
         pipeline_depth: c.pipeline_depth,
         stall_timeout: c.stall_timeout,
-        handshake_timeout: c.connect_timeout * 2,
+        handshake_timeout: c.connect_timeout.saturating_mul(2),
         backoff_initial: c.backoff_initial,
         backoff_max: c.backoff_max,
         ..SchedConfig::default()
@@ -174,7 +177,15 @@ pub async fn run_download(
         return Outcome::Failed(format!("cannot create {}: {e}", spec.dir.display()));
     }
     let started = Instant::now();
-    let (events_tx, mut events_rx) = mpsc::channel(32);
+    // Small bounds: every queued event may hold a segment buffer, and a full channel is what
+    // pushes back on the sockets when the disk is slower than the network.
+    let (events_tx, mut events_rx) = mpsc::channel(8);
+    let ctx = ConnContext {
+        connect_timeout: spec.config.connect_timeout,
+        events: events_tx,
+        canonical: Default::default(),
+        buffers: BufferPool::new(spec.sources.len() * 2 + 16),
+    };
     let sources = spec
         .sources
         .iter()
@@ -194,7 +205,7 @@ pub async fn run_download(
         started,
         conns: HashMap::new(),
         sources,
-        events_tx,
+        ctx,
         manifest: None,
         writer: None,
         reports: None,
@@ -202,6 +213,7 @@ pub async fn run_download(
         bytes_done: 0,
         durable: 0,
         finishing: false,
+        disk_busy_until: None,
         info,
     };
     if job.spec.resume {
@@ -265,8 +277,16 @@ impl Job {
             Duration::ZERO,
         );
         self.start_writer(store);
-        self.manifest = Some(manifest);
+        self.set_manifest(manifest);
         Ok(())
+    }
+
+    /// Records the accepted manifest and shares it with connections (one digest table).
+    fn set_manifest(&mut self, manifest: Arc<Manifest>) {
+        if let Ok(mut canonical) = self.ctx.canonical.lock() {
+            *canonical = Some(manifest.clone());
+        }
+        self.manifest = Some(manifest);
     }
 
     fn start_writer(&mut self, store: DownloadStore) {
@@ -275,6 +295,7 @@ impl Job {
             WriterConfig {
                 commit_batch: self.spec.config.commit_batch,
                 commit_interval: self.spec.config.commit_interval,
+                buffers: self.ctx.buffers.clone(),
             },
         );
         self.writer = Some(tx);
@@ -326,7 +347,9 @@ impl Job {
                         return self.abort("storage writer stopped unexpectedly".into()).await;
                     }
                 },
-                command = commands.recv(), if commands_open => match command {
+                // Once finalizing, the file is about to appear: let it, rather than report a
+                // pause or cancel of a download that in fact completed.
+                command = commands.recv(), if commands_open && !self.finishing => match command {
                     Some(JobCommand::Stop) => return self.stop(false, Outcome::Stopped).await,
                     Some(JobCommand::Cancel { keep }) => return self.stop(!keep, Outcome::Cancelled).await,
                     None => commands_open = false,
@@ -352,13 +375,8 @@ impl Job {
                     let Some(source) = self.sources.get(server) else {
                         continue;
                     };
-                    let handle = spawn_connection(
-                        server,
-                        conn,
-                        source.address.clone(),
-                        self.spec.config.connect_timeout,
-                        self.events_tx.clone(),
-                    );
+                    let handle =
+                        spawn_connection(server, conn, source.address.clone(), self.ctx.clone());
                     self.conns.insert(conn, handle);
                 }
                 Action::Request { conn, segment } => self.send(conn, ConnCommand::Request(segment)),
@@ -395,10 +413,16 @@ impl Job {
         let now = self.now();
         match event {
             ConnEvent::Header { conn, manifest } => {
-                if self.manifest.is_none() {
+                // A header from a connection already dropped (e.g. handshake timeout) must
+                // not decide anything, least of all what the store is created for.
+                if !self.conns.contains_key(&conn) {
+                    return Ok(());
+                }
+                let layout = layout_of(&manifest);
+                self.sched.on_header(now, conn, layout);
+                if self.manifest.is_none() && self.sched.layout() == Some(layout) {
                     self.open_store(&manifest).await?;
                 }
-                self.sched.on_header(now, conn, layout_of(&manifest));
             }
             ConnEvent::Segment {
                 conn,
@@ -418,14 +442,20 @@ impl Job {
                         .writer
                         .as_ref()
                         .ok_or("no storage for a verified segment")?;
-                    if writer
-                        .send(WriteMsg::Segment { segment, data })
-                        .await
-                        .is_err()
-                    {
+                    let waited = Instant::now();
+                    let sent = writer.send(WriteMsg::Segment { segment, data }).await;
+                    if waited.elapsed() > Duration::from_millis(100) {
+                        // The disk, not the servers, held things up: connections that sent
+                        // nothing meanwhile were blocked by us, not stalled.
+                        self.disk_busy_until =
+                            Some(Instant::now() + self.spec.config.stall_timeout);
+                    }
+                    if sent.is_err() {
                         // The writer stopped; its report (read next) says why.
                         self.writer = None;
                     }
+                } else {
+                    self.ctx.buffers.give(data);
                 }
             }
             ConnEvent::Cancelled { conn, segment } => self.sched.on_cancelled(now, conn, segment),
@@ -467,7 +497,7 @@ impl Job {
         };
         info!(job = self.spec.id, file = %manifest.name, size = manifest.size, segments = manifest.segment_count(), "download started");
         self.start_writer(store);
-        self.manifest = Some(manifest.clone());
+        self.set_manifest(manifest.clone());
         Ok(())
     }
 
@@ -536,14 +566,15 @@ impl Job {
     fn sample_progress(&mut self) {
         let now = self.now();
         let instant = Instant::now();
+        let disk_busy = self.disk_busy_until.is_some_and(|t| t > instant);
         for (&conn, handle) in self.conns.iter_mut() {
             let total = handle.received.load(Ordering::Relaxed);
-            let delta = total - handle.sampled;
+            let delta = total.saturating_sub(handle.sampled);
             handle.sampled = total;
             if let Some(source) = self.sources.get_mut(handle.server) {
                 source.bytes_open = total;
             }
-            if delta > 0 {
+            if delta > 0 || disk_busy {
                 self.sched.on_progress(now, conn, delta);
             }
         }

@@ -2,6 +2,7 @@
 //! `job` runs the scheduler loop, `connection` speaks the wire protocol to one server, and
 //! `writer` owns the crash-safe store on the blocking pool.
 
+mod buffers;
 mod connection;
 mod job;
 mod writer;

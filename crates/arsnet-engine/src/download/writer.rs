@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use arsnet_store::{DownloadStore, StoreError};
+
+use super::buffers::BufferPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -38,6 +40,8 @@ pub(crate) enum WriteReport {
 pub(crate) struct WriterConfig {
     pub commit_batch: usize,
     pub commit_interval: Duration,
+    /// Written segments' buffers go back here for the connections to reuse.
+    pub buffers: BufferPool,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -96,8 +100,10 @@ impl Writer {
     async fn handle(&mut self, msg: WriteMsg, config: &WriterConfig) -> Result<bool, String> {
         match msg {
             WriteMsg::Segment { segment, data } => {
-                self.with_store(move |s| s.write_segment(segment, &data))
+                let data = self
+                    .with_store(move |s| s.write_segment(segment, &data).map(|()| data))
                     .await?;
+                config.buffers.give(data);
                 self.pending.push(segment);
                 self.deadline
                     .get_or_insert_with(|| Instant::now() + config.commit_interval);

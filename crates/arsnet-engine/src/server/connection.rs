@@ -99,12 +99,14 @@ pub(crate) async fn serve_connection(
         }
     };
     let serve = serve_requests(&mut writer, rx, served, stats, bucket);
+    tokio::pin!(serve);
     tokio::pin!(read_requests);
-    // The reader finishing (client closed) lets the writer drain and stop; the writer
-    // finishing (error or violation) ends the connection.
+    // The writer finishing (error or violation) ends the connection at once. The reader
+    // finishing (client half-closed, or a violation queued) lets the writer drain what is
+    // queued, including an ERROR frame, and stop.
     tokio::select! {
-        result = serve => result,
-        _ = &mut read_requests => Ok(()),
+        result = &mut serve => result,
+        _ = &mut read_requests => serve.await,
     }
 }
 

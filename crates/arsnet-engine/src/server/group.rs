@@ -13,6 +13,7 @@ use arsnet_proto::control::{GroupId, GroupInfo, PortInfo};
 use arsnet_proto::manifest::choose_segment_size;
 use arsnet_proto::{validate_file_name, Manifest};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,6 +22,9 @@ use super::digests::build_manifest;
 use super::validate::{validate_ports, ServeError};
 use crate::rate::{RateMeter, TokenBucket};
 use crate::{human_bytes, human_rate};
+
+/// Connections one virtual server serves at once.
+const MAX_CONNECTIONS_PER_PORT: usize = 64;
 
 /// What `serve` asks for.
 #[derive(Debug, Clone)]
@@ -285,6 +289,12 @@ impl ServerGroup {
         if matches!(*run, PortRun::Listening(_)) {
             return Ok(());
         }
+        if self.shutdown.is_cancelled() {
+            return Err(ServeError::Internal(format!(
+                "group {} has been shut down",
+                self.id
+            )));
+        }
         let listener = bind_port(self.bind, port)?;
         let token = self.shutdown.child_token();
         spawn_accept_loop(
@@ -356,10 +366,19 @@ fn spawn_accept_loop(
     let bucket = bucket.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(10);
+        // Taken before accept: past the limit, clients wait in the kernel's backlog instead
+        // of each costing a segment buffer here.
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
         loop {
             let accepted = tokio::select! {
                 _ = token.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                accepted = async {
+                    let permit = permits.clone().acquire_owned().await;
+                    (listener.accept().await, permit)
+                } => accepted,
+            };
+            let (accepted, Ok(permit)) = accepted else {
+                break;
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -368,6 +387,7 @@ fn spawn_accept_loop(
                     let (served, stats, bucket, token) =
                         (served.clone(), stats.clone(), bucket.clone(), token.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         stats.connections.fetch_add(1, Ordering::Relaxed);
                         let result = tokio::select! {
                             _ = token.cancelled() => Ok(()),

@@ -174,16 +174,8 @@ fn second_fetch_of_same_download_is_refused_and_r_attaches() {
     let (ports, data, name) = &files[0];
     let out = tmp.path().join("out");
     let job = fetch(&client, &out, ports, &[]);
-    let ps = ports_args(ports);
-    let mut args = vec![
-        "fetch",
-        "-o",
-        out.to_str().unwrap(),
-        "-a",
-        "127.0.0.1",
-        "-p",
-    ];
-    args.extend(ps.iter().map(String::as_str));
+    let owned = fetch_args(&out, ports, &[]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let dup = client.ctl(&args);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains(&format!("job {job}")));
@@ -446,4 +438,66 @@ fn watch_receives_pushed_updates() {
         .collect();
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     assert_eq!(job_state(job_updates.last().unwrap()), "completed");
+}
+
+#[test]
+fn cancel_after_pause_removes_files_and_r_resumes_a_paused_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let files = slow_files(tmp.path(), &servers, 2, 4 * 1024 * 1024, 1024 * 1024);
+    let out = tmp.path().join("out");
+
+    // pause, then cancel right away: the cancel wins and the partial files go.
+    let (ports, _, name) = &files[0];
+    let job = fetch(&client, &out, ports, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.1);
+    client.ok(&["pause", &job.to_string()]);
+    client.ok(&["cancel", &job.to_string()]);
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "cancelled", "{st}");
+    assert!(!out.join(format!("{name}.arsnet-segments")).exists());
+    assert!(!out.join(format!("{name}.arsnet-dump")).exists());
+
+    // fetch -r of a paused job attaches to it and continues it.
+    let (ports, data, name) = &files[1];
+    let job = fetch(&client, &out, ports, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.1);
+    client.ok(&["pause", &job.to_string()]);
+    client.wait_job(job, LONG, |s| job_state(s) == "paused");
+    let owned = fetch_args(&out, ports, &["-r", "--wait"]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let waited = client.ctl(&args);
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout).lines().next(),
+        Some(job.to_string().as_str())
+    );
+    assert_same(&out.join(name), data);
+}
+
+#[test]
+fn unserve_removes_a_group_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&tmp.path().join("d"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 10_000, 1);
+    let ports = free_ports(2);
+    let group = serve(&d, &file, &ports, &[]);
+    assert!(is_listening(ports[0]));
+    d.ok(&["unserve", &group.to_string()]);
+    assert!(!is_listening(ports[0]) && !is_listening(ports[1]));
+    assert_eq!(d.json(&["servers"]), serde_json::json!([]));
+    let again = d.ctl(&["unserve", &group.to_string()]);
+    assert_eq!(again.status.code(), Some(1));
+    d.restart();
+    assert_eq!(
+        d.json(&["servers"]),
+        serde_json::json!([]),
+        "not restored after restart"
+    );
 }

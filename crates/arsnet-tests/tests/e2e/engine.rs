@@ -27,17 +27,8 @@ fn download_roundtrip(size: usize) {
     let ports = free_ports(4);
     serve(&servers, &file, &ports, &[]);
     let out = tmp.path().join("out");
-    let ps = ports_args(&ports);
-    let mut args = vec![
-        "fetch",
-        "--wait",
-        "-o",
-        out.to_str().unwrap(),
-        "-a",
-        "127.0.0.1",
-        "-p",
-    ];
-    args.extend(ps.iter().map(String::as_str));
+    let owned = fetch_args(&out, &ports, &["--wait"]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let stdout = client.ok(&args);
     assert!(
         stdout.contains("completed"),
@@ -419,4 +410,50 @@ fn ctl_without_daemon_fails_with_documented_code() {
     assert!(stderr.contains("arsnetd is not running"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
     assert!(!Path::new(&tmp.path().join("nope.sock")).exists());
+}
+
+#[test]
+fn server_answers_protocol_violations_with_an_error_frame() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("srv"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 100_000, 2);
+    let ports = free_ports(1);
+    serve(&d, &file, &ports, &[]);
+    // Wrong protocol version in HELLO.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[0x01, 0, 0, 0, 8, b'A', b'R', b'S', b'N', 0, 99, 0, 0])
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&0x85), "ERROR frame: {reply:?}");
+    assert!(String::from_utf8_lossy(&reply).contains("unsupported protocol version 99"));
+    // A valid HELLO, then a request for a segment that does not exist.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[0x01, 0, 0, 0, 8, b'A', b'R', b'S', b'N', 0, 1, 0, 0])
+        .unwrap();
+    let mut bad = vec![0x02, 0, 0, 0, 8];
+    bad.extend_from_slice(&1000u64.to_be_bytes());
+    s.write_all(&bad).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply).contains("segment 1000 out of range"),
+        "{reply:?}"
+    );
+    // An unknown frame type after HELLO.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[0x01, 0, 0, 0, 8, b'A', b'R', b'S', b'N', 0, 1, 0, 0])
+        .unwrap();
+    s.write_all(&[0x7f, 0, 0, 0, 0]).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply).contains("unknown frame type"),
+        "{reply:?}"
+    );
 }

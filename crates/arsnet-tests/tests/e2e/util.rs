@@ -313,20 +313,26 @@ pub fn serve(d: &Daemon, file: &Path, ports: &[u16], extra: &[&str]) -> u64 {
     d.ok(&args).trim().parse().expect("group id")
 }
 
-/// `fetch -o DIR -a 127.0.0.1 -p PORTS... [EXTRA...]`; returns the job id.
-pub fn fetch(d: &Daemon, dir: &Path, ports: &[u16], extra: &[&str]) -> u64 {
-    let ps = ports_args(ports);
-    let mut args = vec![
-        "fetch",
-        "-o",
-        dir.to_str().unwrap(),
-        "-a",
-        "127.0.0.1",
-        "-p",
-    ];
-    args.extend(ps.iter().map(String::as_str));
-    args.extend_from_slice(extra);
-    d.ok(&args)
+/// The arguments of `fetch FLAGS... -o DIR -a 127.0.0.1 -p PORTS...`.
+pub fn fetch_args(dir: &Path, ports: &[u16], flags: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["fetch".into()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    args.extend([
+        "-o".into(),
+        dir.to_string_lossy().into_owned(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+    ]);
+    args.extend(ports_args(ports));
+    args
+}
+
+/// `fetch FLAGS... -o DIR -a 127.0.0.1 -p PORTS...`; returns the job id.
+pub fn fetch(d: &Daemon, dir: &Path, ports: &[u16], flags: &[&str]) -> u64 {
+    let args = fetch_args(dir, ports, flags);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.ok(&refs)
         .lines()
         .next()
         .unwrap_or_default()

@@ -81,6 +81,10 @@ async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, Co
             groups::start_ports(daemon, &ports)?;
             Response::Done
         }
+        Request::RemoveGroup { id } => {
+            groups::remove(daemon, id)?;
+            Response::Done
+        }
         Request::Fetch(spec) => {
             let (id, attached) = jobs::fetch(daemon, spec)?;
             Response::Queued { id, attached }
