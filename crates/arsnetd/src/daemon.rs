@@ -26,6 +26,9 @@ pub(crate) struct Inner {
     pub next_group_id: GroupId,
     pub jobs: BTreeMap<JobId, JobEntry>,
     pub groups: BTreeMap<GroupId, GroupEntry>,
+    /// Groups that could not be restored at start (e.g. their file is gone): persisted
+    /// unchanged so a user's configuration is never silently dropped.
+    pub unrestored_groups: Vec<GroupRecord>,
 }
 
 /// The daemon: everything the control connections act on.
@@ -71,6 +74,7 @@ impl Daemon {
                     spec: g.spec.clone(),
                     stopped_ports: g.group.stopped_ports(),
                 })
+                .chain(inner.unrestored_groups.iter().cloned())
                 .collect(),
         };
         if let Err(e) = persist::save(&self.state_dir, &state) {
@@ -122,6 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             next_group_id: 1,
             jobs: BTreeMap::new(),
             groups: BTreeMap::new(),
+            unrestored_groups: Vec::new(),
         }),
         updates,
         shutdown: CancellationToken::new(),

@@ -147,10 +147,18 @@ fn for_ports(
 /// `unserve`: stops every port of the group and forgets it (also on restart).
 pub(crate) fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlError> {
     let mut inner = daemon.lock();
-    let entry = inner.groups.remove(&id).ok_or_else(|| {
-        ControlError::new(ErrorKind::NotFound, format!("no server group with id {id}"))
-    })?;
-    entry.group.shutdown();
+    let unrestored = inner.unrestored_groups.len();
+    inner.unrestored_groups.retain(|g| g.id != id);
+    match inner.groups.remove(&id) {
+        Some(entry) => entry.group.shutdown(),
+        None if inner.unrestored_groups.len() < unrestored => {}
+        None => {
+            return Err(ControlError::new(
+                ErrorKind::NotFound,
+                format!("no server group with id {id}"),
+            ))
+        }
+    }
     daemon.persist(&inner);
     let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
     drop(inner);
@@ -187,11 +195,14 @@ pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecor
             }
             Err(e) => {
                 let note = format!(
-                    "server group {} ({}) could not be restored: {e}",
+                    "server group {} ({}) could not be restored: {e}; it is kept in the state \
+                     file and retried at the next start (`unserve {}` forgets it)",
                     record.id,
-                    record.spec.file.display()
+                    record.spec.file.display(),
+                    record.id
                 );
                 error!("{note}");
+                daemon.lock().unrestored_groups.push(record);
                 daemon
                     .restore_notes
                     .lock()

@@ -501,3 +501,48 @@ fn unserve_removes_a_group_for_good() {
         "not restored after restart"
     );
 }
+
+#[test]
+fn restore_marks_taken_ports_failed_and_keeps_groups_it_cannot_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&tmp.path().join("d"));
+    let kept = tmp.path().join("kept.bin");
+    let gone = tmp.path().join("gone.bin");
+    write_file(&kept, 50_000, 1);
+    write_file(&gone, 50_000, 2);
+    let ports = free_ports(3);
+    serve(&d, &kept, &ports[..2], &[]);
+    let lost_group = serve(&d, &gone, &ports[2..], &[]);
+    d.kill9();
+    // While the daemon is down, another program takes one port and the other file goes.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", ports[1])).unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    d.restart();
+
+    let groups = d.json(&["servers"]);
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["ports"][0]["state"], "listening");
+    assert_eq!(groups[0]["ports"][1]["state"], "failed");
+    assert!(
+        groups[0]["ports"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("in use"),
+        "{groups}"
+    );
+    let notes = d.json(&["list"])["notes"].to_string();
+    assert!(
+        notes.contains("gone.bin") && notes.contains("could not be restored"),
+        "{notes}"
+    );
+
+    // The lost group is not dropped: after another restart (file back) it serves again.
+    drop(squatter);
+    write_file(&gone, 50_000, 2);
+    d.restart();
+    let groups = d.json(&["servers"]);
+    assert_eq!(groups.as_array().unwrap().len(), 2, "{groups}");
+    assert!(is_listening(ports[1]) && is_listening(ports[2]));
+    d.ok(&["unserve", &lost_group.to_string()]);
+    assert!(!is_listening(ports[2]));
+}

@@ -457,3 +457,35 @@ fn server_answers_protocol_violations_with_an_error_frame() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn serve_refuses_an_unreadable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Root reads everything, so the serving daemon runs as nobody for this one.
+    let d = Daemon::start_as_nobody(&tmp.path().join("srv"));
+    let file = tmp.path().join("secret.bin");
+    write_file(&file, 10_000, 3);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ports = free_ports(1);
+    let port = ports[0].to_string();
+    let out = d.ctl(&[
+        "serve",
+        "-i",
+        "1",
+        "-n",
+        "1",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        &port,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("secret.bin") && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert!(!is_listening(ports[0]));
+    assert_eq!(d.json(&["servers"]), serde_json::json!([]));
+}

@@ -50,6 +50,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     config: Option<PathBuf>,
     child: Option<Child>,
+    /// Run the daemon as this uid (via setpriv), to test what another user may not do.
+    as_uid: Option<u32>,
 }
 
 /// Daemon config used by tests: small segments so that small files have many, quick
@@ -82,6 +84,7 @@ impl Daemon {
             state_dir: root.join("state"),
             config: Some(config_path),
             child: None,
+            as_uid: None,
         };
         daemon.spawn();
         daemon
@@ -93,7 +96,17 @@ impl Daemon {
             .append(true)
             .open(self.root.join("arsnetd.log"))
             .unwrap();
-        let mut cmd = Command::new(bin("arsnetd"));
+        let mut cmd = match self.as_uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(bin("arsnetd"));
+                c
+            }
+            None => Command::new(bin("arsnetd")),
+        };
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
@@ -124,6 +137,28 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("arsnetd did not come up; log:\n{}", self.log());
+    }
+
+    /// Starts a daemon that runs as the unprivileged uid 65534 (nobody). Its root dir is
+    /// made world-writable so that it can create its socket and state there.
+    pub fn start_as_nobody(root: &Path) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(root).unwrap();
+        for dir in [root, root.parent().unwrap()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let config_path = root.join("arsnetd.toml");
+        std::fs::write(&config_path, TEST_CONFIG).unwrap();
+        let mut daemon = Daemon {
+            root: root.to_path_buf(),
+            socket: root.join("ctl.sock"),
+            state_dir: root.join("state"),
+            config: Some(config_path),
+            child: None,
+            as_uid: Some(65534),
+        };
+        daemon.spawn();
+        daemon
     }
 
     pub fn log(&self) -> String {
