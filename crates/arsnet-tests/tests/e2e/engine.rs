@@ -489,3 +489,128 @@ fn serve_refuses_an_unreadable_file() {
     assert!(!is_listening(ports[0]));
     assert_eq!(d.json(&["servers"]), serde_json::json!([]));
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped (even on panic).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Tmpfs(path.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn full_disk_fails_clearly_and_resumes_after_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("big.bin");
+    let data = write_file(&file, 6 * 1024 * 1024, 21);
+    let ports = free_ports(2);
+    serve(&servers, &file, &ports, &[]);
+    let out = tmp.path().join("small-disk");
+    let disk = Tmpfs::mount(&out, "2m");
+    let job = fetch(&client, &out, &ports, &[]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&status), "failed", "{status}");
+    let text = status.to_string();
+    assert!(
+        text.contains("No space left on device") && text.contains("big.bin.arsnet-dump"),
+        "{text}"
+    );
+    assert!(!out.join("big.bin").exists());
+    assert!(
+        out.join("big.bin.arsnet-segments").exists(),
+        "what was durable is kept"
+    );
+    // Space freed: resuming the same job completes it, keeping the durable segments.
+    disk.resize("16m");
+    client.ok(&["resume", &job.to_string()]);
+    let status = client.wait_job(job, LONG, terminal);
+    assert!(completed(&status), "{status}");
+    assert!(status["adopted_segments"].as_u64().unwrap() > 0, "{status}");
+    assert_same(&out.join("big.bin"), &data);
+}
+
+#[test]
+fn a_file_changed_while_served_is_never_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("moving.bin");
+    write_file(&file, 4 * 1024 * 1024, 31);
+    let ports = free_ports(2);
+    serve(&servers, &file, &ports, &["--rate", "1000000"]);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &ports, &[]);
+    client.wait_job(job, LONG, |s| progress(s) > 0.1);
+    // The file is rewritten in place while being served.
+    write_file(&file, 4 * 1024 * 1024, 32);
+    let status = client.wait_job(job, LONG, |s| s.to_string().contains("changed on disk"));
+    assert_ne!(job_state(&status), "completed");
+    assert!(servers.log().contains("refusing to serve stale digests"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !out.join("moving.bin").exists(),
+        "no file from mixed content"
+    );
+    client.ok(&["cancel", &job.to_string()]);
+}
+
+#[test]
+fn stalled_server_is_dropped_and_its_segments_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("s.bin");
+    let data = write_file(&file, 1024 * 1024, 41);
+    let staller = FaultyServer::start(data.clone(), "s.bin", 65536, Fault::Stall);
+    // The honest server exists but is stopped until the stall has been detected.
+    let honest = free_ports(1);
+    serve(&servers, &file, &honest, &[]);
+    servers.ok(&["stop-server", &honest[0].to_string()]);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &[staller.port, honest[0]], &[]);
+    // The test config's stall timeout is 5 s: the staller is dropped and retried.
+    let st = client.wait_job(job, LONG, |s| {
+        s["sources"][0]["failures"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_ne!(job_state(&st), "completed");
+    assert!(client.log().contains("Stalled"), "dropped as stalled");
+    servers.ok(&["start-server", &honest[0].to_string()]);
+    let st = client.wait_job(job, LONG, terminal);
+    assert!(completed(&st), "{st}");
+    assert_same(&out.join("s.bin"), &data);
+    assert_eq!(
+        st["sources"][0]["segments"], 0,
+        "nothing came from the staller"
+    );
+}

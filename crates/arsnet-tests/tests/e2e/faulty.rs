@@ -24,6 +24,8 @@ pub enum Fault {
     LateHeader(Duration),
     /// Honest, but waits this long before sending each segment.
     Slow(Duration),
+    /// Sends half of the first segment asked for, then nothing, keeping the connection open.
+    Stall,
 }
 
 pub struct FaultyServer {
@@ -120,6 +122,13 @@ fn serve(mut stream: TcpStream, s: &Served) -> std::io::Result<()> {
         })
         .encode(&mut frame);
         stream.write_all(&frame)?;
+        if let Fault::Stall = s.fault {
+            stream.write_all(&body[..body.len() / 2])?;
+            // Hold the connection open, silent, until the client gives up on it.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink)? > 0 {}
+            return Ok(());
+        }
         stream.write_all(&body)?;
     }
 }
