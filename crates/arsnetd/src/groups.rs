@@ -109,39 +109,32 @@ pub(crate) fn infos(daemon: &Daemon) -> Vec<GroupInfo> {
         .collect()
 }
 
-/// Applies `op` to every port, after checking that every port exists (all or nothing).
-fn for_ports(
-    daemon: &Daemon,
-    ports: &[u16],
-    op: impl Fn(&ServerGroup, u16) -> Result<(), ServeError>,
-) -> Result<(), ControlError> {
+/// Finds the group of every port, checking that all exist before anything is done.
+fn resolve(daemon: &Daemon, ports: &[u16]) -> Result<Vec<(Arc<ServerGroup>, u16)>, ControlError> {
     if ports.is_empty() {
         return Err(ControlError::new(ErrorKind::BadRequest, "no port given"));
     }
     let inner = daemon.lock();
-    let find = |port: u16| {
-        inner
-            .groups
-            .values()
-            .find(|g| g.group.ports().contains(&port))
-    };
-    if let Some(&missing) = ports.iter().find(|&&p| find(p).is_none()) {
-        return Err(serve_error(ServeError::UnknownPort(missing)));
-    }
-    let mut result = Ok(());
-    for &port in ports {
-        if let Some(entry) = find(port) {
-            if let Err(e) = op(&entry.group, port) {
-                result = Err(serve_error(e));
-                break;
-            }
-        }
-    }
+    ports
+        .iter()
+        .map(|&port| {
+            inner
+                .groups
+                .values()
+                .find(|g| g.group.ports().contains(&port))
+                .map(|g| (g.group.clone(), port))
+                .ok_or_else(|| serve_error(ServeError::UnknownPort(port)))
+        })
+        .collect()
+}
+
+/// Saves and announces the groups' new port states.
+fn ports_changed(daemon: &Daemon) {
+    let inner = daemon.lock();
     daemon.persist(&inner);
     let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
     drop(inner);
     daemon.broadcast(Update::Groups(groups));
-    result
 }
 
 /// `unserve`: stops every port of the group and forgets it (also on restart).
@@ -159,19 +152,32 @@ pub(crate) fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlError> {
             ))
         }
     }
-    daemon.persist(&inner);
-    let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
     drop(inner);
-    daemon.broadcast(Update::Groups(groups));
+    ports_changed(daemon);
     Ok(())
 }
 
 pub(crate) fn stop_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
-    for_ports(daemon, ports, |g, p| g.stop_port(p))
+    let targets = resolve(daemon, ports)?;
+    let result = targets
+        .iter()
+        .try_for_each(|(g, p)| g.stop_port(*p))
+        .map_err(serve_error);
+    ports_changed(daemon);
+    result
 }
 
-pub(crate) fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
-    for_ports(daemon, ports, |g, p| g.start_port(p))
+pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
+    let targets = resolve(daemon, ports)?;
+    let mut result = Ok(());
+    for (group, port) in targets {
+        if let Err(e) = group.start_port(port).await {
+            result = Err(serve_error(e));
+            break;
+        }
+    }
+    ports_changed(daemon);
+    result
 }
 
 /// Brings groups back after a restart. A port that cannot be bound is marked failed; a

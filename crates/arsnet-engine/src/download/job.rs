@@ -438,10 +438,9 @@ impl Job {
                 }
                 if let SegmentVerdict::Store = self.sched.on_segment(now, conn, segment, verified) {
                     self.bytes_done += data.len() as u64;
-                    let writer = self
-                        .writer
-                        .as_ref()
-                        .ok_or("no storage for a verified segment")?;
+                    let Some(writer) = self.writer.as_ref() else {
+                        return Err(self.writer_failure().await);
+                    };
                     let waited = Instant::now();
                     let sent = writer.send(WriteMsg::Segment { segment, data }).await;
                     if waited.elapsed() > Duration::from_millis(100) {
@@ -451,8 +450,8 @@ impl Job {
                             Some(Instant::now() + self.spec.config.stall_timeout);
                     }
                     if sent.is_err() {
-                        // The writer stopped; its report (read next) says why.
                         self.writer = None;
+                        return Err(self.writer_failure().await);
                     }
                 } else {
                     self.ctx.buffers.give(data);
@@ -468,6 +467,21 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// Why the writer stopped (it always reports before it goes), as the job's failure.
+    async fn writer_failure(&mut self) -> String {
+        let Some(reports) = self.reports.as_mut() else {
+            return "storage writer stopped unexpectedly".into();
+        };
+        while let Some(report) = reports.recv().await {
+            match report {
+                WriteReport::Durable(n) => self.durable += n,
+                WriteReport::Failed(reason) => return format!("storage error: {reason}"),
+                WriteReport::Closed | WriteReport::Finished(_) => break,
+            }
+        }
+        "storage writer stopped unexpectedly".into()
     }
 
     /// First accepted header of a fresh download: refuse to clobber, then create the store.

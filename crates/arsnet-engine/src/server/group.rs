@@ -14,6 +14,7 @@ use arsnet_proto::manifest::choose_segment_size;
 use arsnet_proto::{validate_file_name, Manifest};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -72,8 +73,15 @@ pub(crate) struct PortStats {
 }
 
 enum PortRun {
-    Listening(CancellationToken),
-    Stopped,
+    Listening {
+        token: CancellationToken,
+        task: JoinHandle<()>,
+    },
+    /// `closing` is the accept loop still shutting down: its listener is closed only once
+    /// that task has ended, so a restart of the port waits for it before binding again.
+    Stopped {
+        closing: Option<JoinHandle<()>>,
+    },
     Failed(String),
 }
 
@@ -198,10 +206,11 @@ impl ServerGroup {
             let run = match listener {
                 Ok(Some(listener)) => {
                     let token = shutdown.child_token();
-                    spawn_accept_loop(listener, &served, &stats, &bucket, token.clone(), port);
-                    PortRun::Listening(token)
+                    let task =
+                        spawn_accept_loop(listener, &served, &stats, &bucket, token.clone(), port);
+                    PortRun::Listening { token, task }
                 }
-                Ok(None) => PortRun::Stopped,
+                Ok(None) => PortRun::Stopped { closing: None },
                 Err(reason) => {
                     warn!(group = id, port, %reason, "virtual server failed to listen");
                     PortRun::Failed(reason)
@@ -258,7 +267,7 @@ impl ServerGroup {
     pub fn stopped_ports(&self) -> Vec<u16> {
         self.slots
             .iter()
-            .filter(|s| matches!(*lock(&s.run), PortRun::Stopped))
+            .filter(|s| matches!(*lock(&s.run), PortRun::Stopped { .. }))
             .map(|s| s.port)
             .collect()
     }
@@ -274,19 +283,36 @@ impl ServerGroup {
     pub fn stop_port(&self, port: u16) -> Result<(), ServeError> {
         let slot = self.slot(port)?;
         let mut run = lock(&slot.run);
-        if let PortRun::Listening(token) = &*run {
+        if let PortRun::Listening { token, .. } = &*run {
             token.cancel();
         }
-        *run = PortRun::Stopped;
+        let previous = std::mem::replace(&mut *run, PortRun::Stopped { closing: None });
+        *run = match previous {
+            PortRun::Listening { task, .. } => PortRun::Stopped {
+                closing: Some(task),
+            },
+            PortRun::Stopped { closing } => PortRun::Stopped { closing },
+            PortRun::Failed(_) => PortRun::Stopped { closing: None },
+        };
         info!(group = self.id, port, "virtual server stopped");
         Ok(())
     }
 
-    /// Brings a stopped (or failed) virtual server back.
-    pub fn start_port(&self, port: u16) -> Result<(), ServeError> {
+    /// Brings a stopped (or failed) virtual server back. Waits for a just-stopped listener
+    /// to close first, so `stop-server P; start-server P` always works.
+    pub async fn start_port(&self, port: u16) -> Result<(), ServeError> {
         let slot = self.slot(port)?;
+        let closing = match &mut *lock(&slot.run) {
+            PortRun::Listening { .. } => return Ok(()),
+            PortRun::Stopped { closing } => closing.take(),
+            PortRun::Failed(_) => None,
+        };
+        if let Some(task) = closing {
+            // The loop ends at once once cancelled; a panic in it still closed the listener.
+            let _ = task.await;
+        }
         let mut run = lock(&slot.run);
-        if matches!(*run, PortRun::Listening(_)) {
+        if matches!(*run, PortRun::Listening { .. }) {
             return Ok(());
         }
         if self.shutdown.is_cancelled() {
@@ -297,7 +323,7 @@ impl ServerGroup {
         }
         let listener = bind_port(self.bind, port)?;
         let token = self.shutdown.child_token();
-        spawn_accept_loop(
+        let task = spawn_accept_loop(
             listener,
             &self.served,
             &slot.stats,
@@ -305,7 +331,7 @@ impl ServerGroup {
             token.clone(),
             port,
         );
-        *run = PortRun::Listening(token);
+        *run = PortRun::Listening { token, task };
         info!(group = self.id, port, "virtual server started");
         Ok(())
     }
@@ -314,7 +340,7 @@ impl ServerGroup {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
         for slot in &self.slots {
-            *lock(&slot.run) = PortRun::Stopped;
+            *lock(&slot.run) = PortRun::Stopped { closing: None };
         }
     }
 
@@ -332,8 +358,8 @@ impl ServerGroup {
 
 fn port_info(slot: &PortSlot) -> PortInfo {
     let (state, detail) = match &*lock(&slot.run) {
-        PortRun::Listening(_) => ("listening", String::new()),
-        PortRun::Stopped => ("stopped", String::new()),
+        PortRun::Listening { .. } => ("listening", String::new()),
+        PortRun::Stopped { .. } => ("stopped", String::new()),
         PortRun::Failed(reason) => ("failed", reason.clone()),
     };
     PortInfo {
@@ -360,7 +386,7 @@ fn spawn_accept_loop(
     bucket: &Option<Arc<TokenBucket>>,
     token: CancellationToken,
     port: u16,
-) {
+) -> JoinHandle<()> {
     let served = served.clone();
     let stats = stats.clone();
     let bucket = bucket.clone();
@@ -408,7 +434,7 @@ fn spawn_accept_loop(
                 }
             }
         }
-    });
+    })
 }
 
 /// Samples each port's rate every second and logs every port's status every

@@ -546,3 +546,108 @@ fn restore_marks_taken_ports_failed_and_keeps_groups_it_cannot_restore() {
     d.ok(&["unserve", &lost_group.to_string()]);
     assert!(!is_listening(ports[2]));
 }
+
+/// Sends one control request on a raw connection and reads the one response frame.
+fn raw_call(stream: &mut UnixStream, request: arsnet_proto::control::Request) -> Vec<u8> {
+    use arsnet_proto::control::{encode_frame, ClientMessage};
+    let msg = ClientMessage {
+        version: arsnet_proto::limits::CONTROL_VERSION,
+        request,
+    };
+    stream.write_all(&encode_frame(&msg).unwrap()).unwrap();
+    read_raw_frame(stream).expect("a response")
+}
+
+fn read_raw_frame(stream: &mut UnixStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut payload).ok()?;
+    Some(payload)
+}
+
+#[test]
+fn a_stuck_watcher_never_blocks_the_daemon_and_is_told_it_lagged() {
+    use arsnet_proto::control::{decode_payload, encode_frame, ClientMessage, Request, Response};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 10_000, 1);
+    let ports = free_ports(1);
+    serve(&d, &file, &ports, &[]);
+    // A watcher that subscribes and then does not read at all.
+    let mut watcher = UnixStream::connect(&d.socket).unwrap();
+    let msg = ClientMessage {
+        version: arsnet_proto::limits::CONTROL_VERSION,
+        request: Request::Watch { id: None },
+    };
+    watcher.write_all(&encode_frame(&msg).unwrap()).unwrap();
+    // Thousands of group updates while it sleeps: every request still gets its answer.
+    let mut ctl = UnixStream::connect(&d.socket).unwrap();
+    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    for i in 0..3000 {
+        let request = if i % 2 == 0 {
+            Request::StopServer {
+                ports: ports.clone(),
+            }
+        } else {
+            Request::StartServer {
+                ports: ports.clone(),
+            }
+        };
+        let reply: Response = decode_payload(&raw_call(&mut ctl, request)).unwrap();
+        assert_eq!(reply, Response::Done);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the daemon kept answering"
+    );
+    // Now read the watcher: somewhere in its stream it was told it skipped updates.
+    watcher
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut lagged = 0;
+    while let Some(frame) = read_raw_frame(&mut watcher) {
+        if let Ok(Response::Lagged { skipped }) = decode_payload::<Response>(&frame) {
+            lagged += skipped;
+            break;
+        }
+    }
+    assert!(lagged > 0, "the slow watcher was told it lagged");
+}
+
+#[test]
+fn many_clients_at_once_while_one_stalls_mid_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let mut stalled = UnixStream::connect(&d.socket).unwrap();
+    stalled.write_all(&[0, 0, 1]).unwrap();
+    let children: Vec<_> = (0..24)
+        .map(|_| {
+            std::process::Command::new(bin("arsnetctl"))
+                .arg("--socket")
+                .arg(&d.socket)
+                .args(["--json", "list"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["jobs"].is_array());
+    }
+    // The stalled frame is given up on (10 s) and its connection closed with an error.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = stalled.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply).contains("stalled"),
+        "{reply:?}"
+    );
+}

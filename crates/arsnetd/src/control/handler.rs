@@ -78,7 +78,7 @@ async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, Co
             Response::Done
         }
         Request::StartServer { ports } => {
-            groups::start_ports(daemon, &ports)?;
+            groups::start_ports(daemon, &ports).await?;
             Response::Done
         }
         Request::RemoveGroup { id } => {
