@@ -132,6 +132,11 @@ pub enum Command {
     },
     /// Stop the daemon gracefully (jobs resume on its next start).
     Shutdown,
+    /// Print a shell completion script, e.g. `arsnetctl completions bash > /etc/bash_completion.d/arsnetctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Demonstrate ArsNet end to end: start a private daemon, serve a test file on several
     /// virtual servers, fetch it, stop one server half way, verify and summarise.
     Demo {

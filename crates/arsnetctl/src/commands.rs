@@ -139,6 +139,12 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             done(json, call(&socket, Request::Cancel { id, keep }).await?)
         }
         Command::Shutdown => done(json, call(&socket, Request::Shutdown).await?),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "arsnetctl", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
         Command::Demo {
             size_mib,
             servers,

@@ -18,47 +18,79 @@ fn fail(message: impl Into<String>) -> Failure {
     Failure::new(Exit::Refused, message)
 }
 
-/// A daemon started for the demo; shut down (or killed) when dropped.
-struct PrivateDaemon {
-    child: Child,
+/// The demo's private daemon: the `arsnetd` binary beside `arsnetctl` when it was built,
+/// else the same daemon library run on a thread of this process (so that
+/// `cargo run -p arsnetctl -- demo` works on a fresh clone, where only arsnetctl is built).
+enum PrivateDaemon {
+    Process(Child),
+    InProcess,
 }
 
 impl Drop for PrivateDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let PrivateDaemon::Process(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-fn daemon_binary() -> Result<PathBuf, Failure> {
-    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot locate arsnetctl: {e}")))?;
-    let beside = exe.with_file_name("arsnetd");
-    if beside.exists() {
-        return Ok(beside);
-    }
-    Ok(PathBuf::from("arsnetd"))
+fn daemon_binary() -> Option<PathBuf> {
+    let beside = std::env::current_exe().ok()?.with_file_name("arsnetd");
+    beside.exists().then_some(beside)
+}
+
+fn spawn_in_process(socket: &Path, state_dir: &Path) -> Result<(), Failure> {
+    let config = arsnetd::Config {
+        socket: Some(socket.to_path_buf()),
+        state_dir: Some(state_dir.to_path_buf()),
+        // The demo prints what happens; the daemon's own log would interleave with it.
+        log: Some("warn".into()),
+        ..arsnetd::Config::default()
+    };
+    std::thread::Builder::new()
+        .name("arsnetd".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+            match runtime {
+                Ok(rt) => {
+                    if let Err(e) = rt.block_on(arsnetd::run(config)) {
+                        eprintln!("demo: arsnetd stopped: {e:#}");
+                    }
+                }
+                Err(e) => eprintln!("demo: cannot start arsnetd's runtime: {e}"),
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| fail(format!("cannot start arsnetd: {e}")))
 }
 
 async fn start_daemon(root: &Path) -> Result<(PrivateDaemon, PathBuf), Failure> {
     let socket = root.join("arsnetd.sock");
-    let binary = daemon_binary()?;
-    let log = std::fs::File::create(root.join("arsnetd.log")).map_err(|e| fail(e.to_string()))?;
-    let child = Process::new(&binary)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(root.join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            fail(format!(
-                "cannot start {} ({e}); build it with `cargo build --release -p arsnetd`",
-                binary.display()
-            ))
-        })?;
-    let daemon = PrivateDaemon { child };
+    let state_dir = root.join("state");
+    let daemon = match daemon_binary() {
+        Some(binary) => {
+            let log = std::fs::File::create(root.join("arsnetd.log"))
+                .map_err(|e| fail(e.to_string()))?;
+            let child = Process::new(&binary)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| fail(format!("cannot start {}: {e}", binary.display())))?;
+            println!("demo: started a private arsnetd (pid {}), log in arsnetd.log", child.id());
+            PrivateDaemon::Process(child)
+        }
+        None => {
+            spawn_in_process(&socket, &state_dir)?;
+            println!("demo: started a private arsnetd inside this process (arsnetd is not built)");
+            PrivateDaemon::InProcess
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if call(&socket, Request::Ping).await.is_ok() {
@@ -107,12 +139,6 @@ fn free_ports(n: usize) -> Result<Vec<u16>, Failure> {
                 .map_err(|e| fail(e.to_string()))
         })
         .collect()
-}
-
-fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize())
 }
 
 pub async fn run(
@@ -227,33 +253,11 @@ pub async fn run(
     let exit = result.await;
     let _ = stopper.await;
     let elapsed = started.elapsed().as_secs_f64();
-    exit?;
-
-    let info = final_info.ok_or_else(|| fail("no final status received"))?;
-    let name = info.name.clone().unwrap_or_default();
-    let result_path = out.join(&name);
-    let (a, b) = (hash_file(&file), hash_file(&result_path));
-    let verified = matches!((&a, &b), (Ok(a), Ok(b)) if a == b);
-    let per_server: Vec<String> = info
-        .sources
-        .iter()
-        .map(|s| format!("{}={}", s.address, s.segments))
-        .collect();
-    println!(
-        "demo summary: {} in {:.2} s = {:.1} MB/s from {} servers; segments per server: {}; failover: port {} stopped at ~50%; result {} (blake3 {})",
-        render_bytes(size),
-        elapsed,
-        size as f64 / elapsed / 1e6,
-        servers,
-        per_server.join(", "),
-        victim,
-        if verified { "byte-identical" } else { "MISMATCH" },
-        b.as_ref().map_or("?".into(), |h| h.to_hex()[..16].to_string()),
-    );
-    if let Some(state) = Some(&info.state).filter(|s| **s != JobState::Completed) {
-        return Err(fail(format!("job ended {}", render::state_text(state))));
-    }
-    // Leave a shared daemon as it was: the demo's group serves a temp file.
+    let outcome = match exit {
+        Err(e) => Err(e),
+        Ok(_) => summarise(final_info, &file, &out, size, servers, victim, elapsed),
+    };
+    // Leave a shared daemon as it was (the demo's group serves a temp file), success or not.
     let _ = call(&socket, Request::RemoveGroup { id: group }).await;
     if private.is_some() {
         let _ = call(&socket, Request::Shutdown).await;
@@ -262,13 +266,62 @@ pub async fn run(
         let kept = root.keep();
         println!("demo: kept {}", kept.display());
     }
-    if verified {
+    outcome
+}
+
+/// Compares the download with the source byte for byte and prints the summary line.
+fn summarise(
+    info: Option<JobInfo>,
+    source: &Path,
+    out: &Path,
+    size: u64,
+    servers: u32,
+    victim: u16,
+    elapsed: f64,
+) -> Result<Exit, Failure> {
+    let info = info.ok_or_else(|| fail("no final status received"))?;
+    if info.state != JobState::Completed {
+        return Err(fail(format!("job ended {}", render::state_text(&info.state))));
+    }
+    let result_path = out.join(info.name.clone().unwrap_or_default());
+    let identical = same_content(source, &result_path)
+        .map_err(|e| fail(format!("cannot compare {}: {e}", result_path.display())))?;
+    let per_server: Vec<String> =
+        info.sources.iter().map(|s| format!("{}={}", s.address, s.segments)).collect();
+    println!(
+        "demo summary: {} in {:.2} s = {:.1} MB/s from {} servers; segments per server: {}; failover: port {} stopped at ~50%; result {}",
+        render_bytes(size),
+        elapsed,
+        size as f64 / elapsed / 1e6,
+        servers,
+        per_server.join(", "),
+        victim,
+        if identical { "byte-identical to the source" } else { "DIFFERENT from the source" },
+    );
+    if identical {
         Ok(Exit::Ok)
     } else {
-        Err(Failure::new(
-            Exit::JobFailed,
-            "downloaded file differs from the source",
-        ))
+        Err(Failure::new(Exit::JobFailed, "downloaded file differs from the source"))
+    }
+}
+
+/// Streams both files and compares them, 1 MiB at a time.
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
     }
 }
 
