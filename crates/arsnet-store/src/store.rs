@@ -494,9 +494,21 @@ impl DownloadStore {
 
     /// Removes the partial files of download `name` in `dir` without opening them (e.g. when
     /// the journal is corrupt). Missing files are not an error.
+    /// Refuses (`InUse`) while another download holds the partial files open.
     pub fn discard_partial(dir: &Path, name: &str) -> Result<(), StoreError> {
         let name = checked_name(name.as_bytes(), dir)?;
-        remove_partial(dir, &StorePaths::new(dir, name))
+        let paths = StorePaths::new(dir, name);
+        // Hold the journal's lock while removing, so a running download's files are never
+        // pulled from under it.
+        let _lock = match OpenOptions::new().read(true).open(&paths.journal) {
+            Ok(journal) => {
+                lock_journal(&journal, &paths.journal)?;
+                Some(journal)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
+        };
+        remove_partial(dir, &paths)
     }
 }
 

@@ -622,6 +622,12 @@ fn a_partial_download_has_one_owner_at_a_time() {
         Err(StoreError::InUse(path)) => assert!(path.ends_with(format!("{NAME}.arsnet-segments"))),
         other => panic!("expected InUse, got {other:?}"),
     }
+    // ...nor remove them.
+    assert!(matches!(
+        DownloadStore::discard_partial(dir.path(), NAME),
+        Err(StoreError::InUse(_))
+    ));
+    assert!(DownloadStore::journal_path(dir.path(), NAME).exists());
     // ...and once it is closed (or its process died), adoption works.
     drop(first);
     let (_second, adopted) = DownloadStore::adopt(dir.path(), NAME, false).unwrap();

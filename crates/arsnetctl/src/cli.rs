@@ -48,8 +48,8 @@ pub enum Command {
     /// Serve FILE on N virtual servers, one TCP port each (the spec's Server.py). Prints the
     /// group id once every port listens.
     Serve {
-        /// Seconds between server status reports in the daemon log.
-        #[arg(short = 'i', value_name = "SECS")]
+        /// Seconds between server status reports in the daemon log (1..=86400).
+        #[arg(short = 'i', value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         interval: u64,
         /// Number of virtual servers (must equal the number of ports).
         #[arg(short = 'n', value_name = "N")]
@@ -91,8 +91,8 @@ pub enum Command {
         /// Resume: adopt and continue a partial download found in DIR.
         #[arg(short = 'r')]
         resume: bool,
-        /// Seconds between metric reports.
-        #[arg(short = 'i', value_name = "SECS", default_value_t = 1)]
+        /// Seconds between metric reports (1..=86400).
+        #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=86400))]
         interval: u64,
         /// Output directory (created if missing).
         #[arg(short = 'o', value_name = "DIR")]

@@ -51,7 +51,9 @@ fn spawn_in_process(socket: &Path, state_dir: &Path) -> Result<(), Failure> {
     std::thread::Builder::new()
         .name("arsnetd".into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
             match runtime {
                 Ok(rt) => {
                     if let Err(e) = rt.block_on(arsnetd::run(config)) {
@@ -70,8 +72,8 @@ async fn start_daemon(root: &Path) -> Result<(PrivateDaemon, PathBuf), Failure> 
     let state_dir = root.join("state");
     let daemon = match daemon_binary() {
         Some(binary) => {
-            let log = std::fs::File::create(root.join("arsnetd.log"))
-                .map_err(|e| fail(e.to_string()))?;
+            let log =
+                std::fs::File::create(root.join("arsnetd.log")).map_err(|e| fail(e.to_string()))?;
             let child = Process::new(&binary)
                 .arg("--socket")
                 .arg(&socket)
@@ -82,7 +84,10 @@ async fn start_daemon(root: &Path) -> Result<(PrivateDaemon, PathBuf), Failure> 
                 .stderr(log)
                 .spawn()
                 .map_err(|e| fail(format!("cannot start {}: {e}", binary.display())))?;
-            println!("demo: started a private arsnetd (pid {}), log in arsnetd.log", child.id());
+            println!(
+                "demo: started a private arsnetd (pid {}), log in arsnetd.log",
+                child.id()
+            );
             PrivateDaemon::Process(child)
         }
         None => {
@@ -281,13 +286,19 @@ fn summarise(
 ) -> Result<Exit, Failure> {
     let info = info.ok_or_else(|| fail("no final status received"))?;
     if info.state != JobState::Completed {
-        return Err(fail(format!("job ended {}", render::state_text(&info.state))));
+        return Err(fail(format!(
+            "job ended {}",
+            render::state_text(&info.state)
+        )));
     }
     let result_path = out.join(info.name.clone().unwrap_or_default());
     let identical = same_content(source, &result_path)
         .map_err(|e| fail(format!("cannot compare {}: {e}", result_path.display())))?;
-    let per_server: Vec<String> =
-        info.sources.iter().map(|s| format!("{}={}", s.address, s.segments)).collect();
+    let per_server: Vec<String> = info
+        .sources
+        .iter()
+        .map(|s| format!("{}={}", s.address, s.segments))
+        .collect();
     println!(
         "demo summary: {} in {:.2} s = {:.1} MB/s from {} servers; segments per server: {}; failover: port {} stopped at ~50%; result {}",
         render_bytes(size),
@@ -301,7 +312,10 @@ fn summarise(
     if identical {
         Ok(Exit::Ok)
     } else {
-        Err(Failure::new(Exit::JobFailed, "downloaded file differs from the source"))
+        Err(Failure::new(
+            Exit::JobFailed,
+            "downloaded file differs from the source",
+        ))
     }
 }
 

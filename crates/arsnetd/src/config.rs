@@ -212,7 +212,9 @@ impl Config {
             backoff_max: Duration::from_secs(d.backoff_max_secs.max(1)),
             commit_batch: d.commit_batch,
             commit_interval: Duration::from_millis(d.commit_interval_ms.max(1)),
-            metric_interval: Duration::from_secs(metric_interval_secs.max(1)),
+            metric_interval: Duration::from_secs(
+                metric_interval_secs.clamp(1, crate::groups::MAX_INTERVAL_SECS),
+            ),
         }
     }
 }

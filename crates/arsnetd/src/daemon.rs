@@ -38,6 +38,8 @@ pub struct Daemon {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) updates: broadcast::Sender<Update>,
     pub(crate) shutdown: CancellationToken,
+    /// Who besides the daemon's user and root may use the control socket.
+    pub(crate) control_group: Option<crate::control::ControlGroup>,
     pub(crate) tasks: TaskTracker,
     /// What could not be restored at start-up, reported by `list`.
     pub(crate) restore_notes: Mutex<Vec<String>>,
@@ -115,7 +117,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let _lock = crate::lock::lock_state_dir(&state_dir)?;
     let socket = config.socket_path();
-    let listener = crate::control::bind_socket(&socket)?;
+    let control_group = match config.control_group.as_deref() {
+        Some(name) => Some(
+            crate::control::resolve_group(name)
+                .ok_or_else(|| anyhow::anyhow!("control_group {name:?} does not exist"))?,
+        ),
+        None => None,
+    };
+    let listener = crate::control::bind_socket(&socket, control_group.as_ref())?;
 
     let (updates, _) = broadcast::channel(256);
     let daemon = Arc::new(Daemon {
@@ -130,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         updates,
         shutdown: CancellationToken::new(),
+        control_group,
         tasks: TaskTracker::new(),
         restore_notes: Mutex::new(Vec::new()),
     });
@@ -154,12 +164,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    {
+    let groups: Vec<_> = {
         let inner = daemon.lock();
         daemon.persist(&inner);
-        for entry in inner.groups.values() {
-            entry.group.shutdown();
-        }
+        inner.groups.values().map(|g| g.group.clone()).collect()
+    };
+    for group in groups {
+        group.shutdown().await;
     }
     let _ = std::fs::remove_file(&socket);
     signals.abort();

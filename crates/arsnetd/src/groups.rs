@@ -11,6 +11,9 @@ use tracing::{error, warn};
 use crate::daemon::Daemon;
 use crate::persist::GroupRecord;
 
+/// Longest status or metric interval (a day): keeps timer arithmetic far from overflow.
+pub(crate) const MAX_INTERVAL_SECS: u64 = 86_400;
+
 pub(crate) struct GroupEntry {
     pub spec: ServeSpec,
     pub group: Arc<ServerGroup>,
@@ -32,7 +35,7 @@ fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
         ports: spec.ports.clone(),
         bind: spec.bind.clone(),
         rate: spec.rate,
-        status_interval: Duration::from_secs(spec.status_interval_secs.max(1)),
+        status_interval: Duration::from_secs(spec.status_interval_secs.clamp(1, MAX_INTERVAL_SECS)),
         segment_size: daemon.config.segment_size,
         cache_dir: Some(daemon.state_dir.join("digests")),
     }
@@ -44,6 +47,12 @@ pub(crate) async fn serve(
     mut spec: ServeSpec,
 ) -> Result<GroupId, ControlError> {
     validate_ports(spec.count, &spec.ports).map_err(serve_error)?;
+    if !(1..=MAX_INTERVAL_SECS).contains(&spec.status_interval_secs) {
+        return Err(ControlError::new(
+            ErrorKind::BadRequest,
+            format!("-i must be 1..={MAX_INTERVAL_SECS} seconds"),
+        ));
+    }
     if spec.rate == Some(0) {
         return Err(ControlError::new(
             ErrorKind::BadRequest,
@@ -86,7 +95,9 @@ fn spawn_status_pusher(daemon: &Arc<Daemon>, group: &Arc<ServerGroup>, interval_
     let group_weak = Arc::downgrade(group);
     let shutdown = daemon.shutdown.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+        let mut tick = tokio::time::interval(Duration::from_secs(
+            interval_secs.clamp(1, MAX_INTERVAL_SECS),
+        ));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -138,21 +149,23 @@ fn ports_changed(daemon: &Daemon) {
 }
 
 /// `unserve`: stops every port of the group and forgets it (also on restart).
-pub(crate) fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlError> {
-    let mut inner = daemon.lock();
-    let unrestored = inner.unrestored_groups.len();
-    inner.unrestored_groups.retain(|g| g.id != id);
-    match inner.groups.remove(&id) {
-        Some(entry) => entry.group.shutdown(),
-        None if inner.unrestored_groups.len() < unrestored => {}
-        None => {
+pub(crate) async fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlError> {
+    let removed = {
+        let mut inner = daemon.lock();
+        let unrestored = inner.unrestored_groups.len();
+        inner.unrestored_groups.retain(|g| g.id != id);
+        let removed = inner.groups.remove(&id);
+        if removed.is_none() && inner.unrestored_groups.len() == unrestored {
             return Err(ControlError::new(
                 ErrorKind::NotFound,
                 format!("no server group with id {id}"),
-            ))
+            ));
         }
+        removed
+    };
+    if let Some(entry) = removed {
+        entry.group.shutdown().await;
     }
-    drop(inner);
     ports_changed(daemon);
     Ok(())
 }

@@ -59,8 +59,11 @@ impl JobEntry {
     /// The state written to disk: a job stopped by daemon shutdown is still "running" so
     /// that the next start continues it.
     pub fn persisted_state(&self) -> JobState {
-        match &self.live {
-            Some(_) => JobState::Running,
+        match self.live.as_ref().map(|l| l.intent) {
+            // Saved as soon as asked, so a crash while the job stops keeps the decision.
+            Some(Intent::Pause) => JobState::Paused,
+            Some(Intent::Cancel { .. }) => JobState::Cancelled,
+            Some(Intent::Run | Intent::Shutdown) => JobState::Running,
             None => self.state.clone(),
         }
     }
@@ -105,6 +108,10 @@ fn validate_fetch(spec: &FetchSpec) -> Result<(), ControlError> {
     if spec.sources.is_empty() {
         return Err(bad("at least one server is needed"));
     }
+    let max = crate::groups::MAX_INTERVAL_SECS;
+    if !(1..=max).contains(&spec.metric_interval_secs) {
+        return Err(bad(format!("-i must be 1..={max} seconds")));
+    }
     if !spec.dir.is_absolute() {
         return Err(bad(format!(
             "output directory {} must be an absolute path",
@@ -142,7 +149,13 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
         let existing = inner
             .jobs
             .iter()
-            .find(|(_, j)| !j.state.is_terminal() && same_download(&j.spec, &spec))
+            // With -r a failed job counts too: it still owns its partial files, so `fetch -r`
+            // continues it rather than starting a second job on the same files.
+            .find(|(_, j)| {
+                let failed = matches!(j.state, JobState::Failed(_));
+                let open = !j.state.is_terminal() || (spec.resume && failed);
+                open && same_download(&j.spec, &spec)
+            })
             .map(|(&id, _)| id);
         if let Some(existing) = existing {
             if spec.resume {
@@ -194,10 +207,11 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
 /// Starts queued jobs while there is a free slot: jobs that were running before a restart
 /// first, then in order of arrival.
 pub(crate) fn pump(daemon: &Arc<Daemon>) {
+    let mut inner = daemon.lock();
+    // Checked under the lock: shutdown takes it too, so no job can start after it.
     if daemon.is_shutting_down() {
         return;
     }
-    let mut inner = daemon.lock();
     let active = inner.jobs.values().filter(|j| j.live.is_some()).count();
     let free = daemon.config.max_active_downloads.saturating_sub(active);
     let mut queued: Vec<(bool, JobId)> = inner
@@ -242,7 +256,12 @@ fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
         info: info_rx.clone(),
         intent: Intent::Run,
     });
-    let interval = Duration::from_secs(entry.spec.metric_interval_secs.max(1));
+    let interval = Duration::from_secs(
+        entry
+            .spec
+            .metric_interval_secs
+            .clamp(1, crate::groups::MAX_INTERVAL_SECS),
+    );
     let daemon = daemon.clone();
     info!(job = id, resume = spec.resume, "download starting");
     let d = daemon.clone();
@@ -315,8 +334,11 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
         }
         entry.state = match (outcome, intent) {
             (Outcome::Completed(_), _) => JobState::Completed,
-            (Outcome::Failed(reason), _) => JobState::Failed(reason),
-            (Outcome::Stopped | Outcome::Cancelled, Intent::Cancel { keep }) => {
+            // A cancel wins over a failure while stopping: the user asked for it.
+            (
+                Outcome::Stopped | Outcome::Cancelled | Outcome::Failed(_),
+                Intent::Cancel { keep },
+            ) => {
                 if !keep {
                     // The job may have stopped for an earlier pause before the cancel
                     // arrived: make sure the partial files go, journal first.
@@ -324,6 +346,7 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
                 }
                 JobState::Cancelled
             }
+            (Outcome::Failed(reason), _) => JobState::Failed(reason),
             (Outcome::Cancelled, _) => JobState::Cancelled,
             (Outcome::Stopped, Intent::Shutdown) => {
                 entry.restored_running = true;
@@ -345,6 +368,7 @@ pub(crate) fn pause(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError>
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
         live.raise(Intent::Pause, JobCommand::Stop);
+        daemon.persist(&inner);
         return Ok(());
     }
     match entry.state {
@@ -392,6 +416,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
         live.raise(Intent::Cancel { keep }, JobCommand::Cancel { keep });
+        daemon.persist(&inner);
         return Ok(());
     }
     if matches!(entry.state, JobState::Completed | JobState::Cancelled) {

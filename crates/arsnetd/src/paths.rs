@@ -30,6 +30,13 @@ pub fn default_socket() -> PathBuf {
     }
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
+    // Cron and ssh without a session have no $XDG_RUNTIME_DIR; systemd's per-user runtime
+    // dir still exists, and a user daemon started from a session put its socket there.
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        return run_user.join("arsnet").join("arsnetd.sock");
+    }
+    // Last resort; the daemon refuses this directory if another user owns it.
     std::env::temp_dir()
         .join(format!("arsnet-{uid}"))
         .join("arsnetd.sock")

@@ -124,8 +124,17 @@ async fn handshake(
         .await
         .map_err(|e| format!("send failed: {e}"))?;
     let mut payload = Vec::new();
+    // Each frame gets `connect_timeout`, not the whole exchange: the digest table of a huge
+    // file may take a while on a slow link, and steady progress is not a hang.
+    let no_progress = || format!("server sent nothing for {}s", connect_timeout.as_secs());
     let read = async {
-        let header = match read_server_frame(&mut stream, &mut payload).await {
+        let first = tokio::time::timeout(
+            connect_timeout,
+            read_server_frame(&mut stream, &mut payload),
+        )
+        .await
+        .map_err(|_| no_progress())?;
+        let header = match first {
             Ok(ServerFrame::Header(header)) => header,
             Ok(ServerFrame::Error { message, .. }) => {
                 return Err(format!("server error: {message}"))
@@ -139,7 +148,13 @@ async fn handshake(
         };
         let mut assembler = ManifestAssembler::new(header);
         while !assembler.is_complete() {
-            match read_server_frame(&mut stream, &mut payload).await {
+            let next = tokio::time::timeout(
+                connect_timeout,
+                read_server_frame(&mut stream, &mut payload),
+            )
+            .await
+            .map_err(|_| no_progress())?;
+            match next {
                 Ok(ServerFrame::Digests { first, digests }) => {
                     assembler
                         .push(first, digests)
@@ -155,9 +170,7 @@ async fn handshake(
         }
         assembler.finish().map_err(|e| format!("bad manifest: {e}"))
     };
-    let manifest = tokio::time::timeout(connect_timeout, read)
-        .await
-        .map_err(|_| "server sent no header in time".to_string())??;
+    let manifest = read.await?;
     Ok((stream, manifest))
 }
 

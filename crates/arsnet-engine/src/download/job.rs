@@ -123,7 +123,9 @@ fn sched_config(c: &DownloadConfig) -> SchedConfig {
     SchedConfig {
         pipeline_depth: c.pipeline_depth,
         stall_timeout: c.stall_timeout,
-        handshake_timeout: c.connect_timeout.saturating_mul(2),
+        // The connection times out each handshake step itself (a huge digest table may
+        // legitimately take long); the scheduler's limit is only a backstop.
+        handshake_timeout: Duration::from_secs(3600),
         backoff_initial: c.backoff_initial,
         backoff_max: c.backoff_max,
         ..SchedConfig::default()
@@ -222,12 +224,14 @@ pub async fn run_download(
         }
     }
     let outcome = job.run(&mut events_rx, &mut commands).await;
-    job.publish(Some(match &outcome {
-        Outcome::Completed(_) => JobState::Completed,
-        Outcome::Failed(reason) => JobState::Failed(reason.clone()),
-        Outcome::Stopped => JobState::Paused,
-        Outcome::Cancelled => JobState::Cancelled,
-    }));
+    // A stopped job's final state (paused, or still running across a daemon restart) is
+    // the owner's decision, not the engine's: publish no state for it.
+    job.publish(match &outcome {
+        Outcome::Completed(_) => Some(JobState::Completed),
+        Outcome::Failed(reason) => Some(JobState::Failed(reason.clone())),
+        Outcome::Stopped => None,
+        Outcome::Cancelled => Some(JobState::Cancelled),
+    });
     outcome
 }
 

@@ -21,6 +21,11 @@ use crate::wire_io::{read_client_frame, FrameReadError};
 
 /// How long a client may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with nothing queued and no request for this long is closed, so idle clients
+/// cannot hold a virtual server's connection slots forever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A write that makes no progress for this long means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes written between counter updates when not rate-limited.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -38,6 +43,14 @@ enum Command {
     Request(u64),
     Cancel(u64),
     Violation(ErrorCode, String),
+}
+
+/// `write_all` that gives up on a client that stopped reading.
+async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), ConnError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConnError::Refused("client stopped reading".into())),
+    }
 }
 
 async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, code: ErrorCode, message: String) {
@@ -76,7 +89,7 @@ pub(crate) async fn serve_connection(
             return Err(e.into());
         }
     }
-    stream.write_all(&served.preamble).await?;
+    write_all(&mut stream, &served.preamble).await?;
 
     let (mut reader, mut writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_OUTSTANDING_REQUESTS + 8);
@@ -123,7 +136,10 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
     let mut frame = Vec::with_capacity(64);
     loop {
         if queue.is_empty() {
-            match rx.recv().await {
+            let next = tokio::time::timeout(IDLE_TIMEOUT, rx.recv())
+                .await
+                .map_err(|_| ConnError::Refused("idle for too long".into()))?;
+            match next {
                 Some(command) => apply(command, &mut queue, count, writer, &mut frame).await?,
                 None => return Ok(()),
             }
@@ -149,13 +165,13 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
             length,
         })
         .encode(&mut frame);
-        writer.write_all(&frame).await?;
+        write_all(writer, &frame).await?;
         let chunk = bucket.map_or(WRITE_CHUNK, TokenBucket::chunk_size);
         for piece in buf.chunks(chunk) {
             if let Some(bucket) = bucket {
                 bucket.acquire(piece.len()).await;
             }
-            writer.write_all(piece).await?;
+            write_all(writer, piece).await?;
             stats
                 .bytes_sent
                 .fetch_add(piece.len() as u64, Ordering::Relaxed);
@@ -193,7 +209,7 @@ async fn apply<W: AsyncWrite + Unpin>(
                 queue.remove(pos);
                 frame.clear();
                 ServerFrame::Cancelled { segment }.encode(frame);
-                writer.write_all(frame).await?;
+                write_all(writer, frame).await?;
             }
             Ok(())
         }

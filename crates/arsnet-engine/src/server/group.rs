@@ -90,6 +90,9 @@ struct PortSlot {
     stats: Arc<PortStats>,
     bucket: Option<Arc<TokenBucket>>,
     run: Mutex<PortRun>,
+    /// Bumped (under `run`'s lock) by every stop and start, so a start that waited for the
+    /// old listener can tell whether a later command overtook it.
+    generation: AtomicU64,
 }
 
 /// A running group. Dropping it does not stop it: call [`ServerGroup::shutdown`].
@@ -221,6 +224,7 @@ impl ServerGroup {
                 stats,
                 bucket,
                 run: Mutex::new(run),
+                generation: AtomicU64::new(0),
             });
         }
         let group = Arc::new(ServerGroup {
@@ -294,6 +298,7 @@ impl ServerGroup {
             PortRun::Stopped { closing } => PortRun::Stopped { closing },
             PortRun::Failed(_) => PortRun::Stopped { closing: None },
         };
+        slot.generation.fetch_add(1, Ordering::SeqCst);
         info!(group = self.id, port, "virtual server stopped");
         Ok(())
     }
@@ -302,17 +307,25 @@ impl ServerGroup {
     /// to close first, so `stop-server P; start-server P` always works.
     pub async fn start_port(&self, port: u16) -> Result<(), ServeError> {
         let slot = self.slot(port)?;
-        let closing = match &mut *lock(&slot.run) {
-            PortRun::Listening { .. } => return Ok(()),
-            PortRun::Stopped { closing } => closing.take(),
-            PortRun::Failed(_) => None,
+        let (closing, generation) = {
+            let mut run = lock(&slot.run);
+            let closing = match &mut *run {
+                PortRun::Listening { .. } => return Ok(()),
+                PortRun::Stopped { closing } => closing.take(),
+                PortRun::Failed(_) => None,
+            };
+            (closing, slot.generation.load(Ordering::SeqCst))
         };
         if let Some(task) = closing {
             // The loop ends at once once cancelled; a panic in it still closed the listener.
             let _ = task.await;
         }
         let mut run = lock(&slot.run);
-        if matches!(*run, PortRun::Listening { .. }) {
+        if matches!(*run, PortRun::Listening { .. })
+            || slot.generation.load(Ordering::SeqCst) != generation
+        {
+            // Another start, or a stop issued after this start, got there first: the last
+            // command wins.
             return Ok(());
         }
         if self.shutdown.is_cancelled() {
@@ -332,15 +345,30 @@ impl ServerGroup {
             port,
         );
         *run = PortRun::Listening { token, task };
+        slot.generation.fetch_add(1, Ordering::SeqCst);
         info!(group = self.id, port, "virtual server started");
         Ok(())
     }
 
-    /// Stops every port of the group for good.
-    pub fn shutdown(&self) {
+    /// Stops every port of the group for good; returns once every listener is closed, so
+    /// the ports can be served again at once.
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        let mut closing = Vec::new();
         for slot in &self.slots {
-            *lock(&slot.run) = PortRun::Stopped { closing: None };
+            let previous =
+                std::mem::replace(&mut *lock(&slot.run), PortRun::Stopped { closing: None });
+            slot.generation.fetch_add(1, Ordering::SeqCst);
+            match previous {
+                PortRun::Listening { task, .. }
+                | PortRun::Stopped {
+                    closing: Some(task),
+                } => closing.push(task),
+                _ => {}
+            }
+        }
+        for task in closing {
+            let _ = task.await;
         }
     }
 

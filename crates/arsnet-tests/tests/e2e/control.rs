@@ -651,3 +651,71 @@ fn many_clients_at_once_while_one_stalls_mid_frame() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn control_group_members_get_in_and_others_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // nobody's primary group on Debian is nogroup (65534).
+    let config = format!("control_group = \"nogroup\"\n{TEST_CONFIG}");
+    let d = Daemon::start_with_config(&tmp.path().join("d"), &config);
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
+    let as_user = |uid: u32, gid: u32| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg(bin("arsnetctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["--json", "list"])
+            .output()
+            .expect("setpriv")
+    };
+    let member = as_user(65534, 65534);
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    // Same uid trick with a group the socket does not belong to: the file system says no.
+    let outsider = as_user(4242, 4242);
+    assert!(!outsider.status.success());
+    // A missing group is a clear start-up error, not silently ignored.
+    let out = std::process::Command::new(bin("arsnetd"))
+        .arg("--socket")
+        .arg(tmp.path().join("x.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("x-state"))
+        .arg("--config")
+        .arg({
+            let p = tmp.path().join("bad.toml");
+            std::fs::write(&p, "control_group = \"no-such-group-arsnet\"\n").unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn a_socket_directory_others_can_write_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open_dir = tmp.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(bin("arsnetd"))
+        .arg("--socket")
+        .arg(open_dir.join("ctl.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("writable by others"), "{stderr}");
+    assert!(!open_dir.join("ctl.sock").exists());
+}

@@ -140,12 +140,14 @@ impl Daemon {
     }
 
     /// Starts a daemon that runs as the unprivileged uid 65534 (nobody). Its root dir is
-    /// made world-writable so that it can create its socket and state there.
+    /// given to nobody (and its parent made traversable) so that it can create its socket
+    /// and state there.
     pub fn start_as_nobody(root: &Path) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(root).unwrap();
+        std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
         for dir in [root, root.parent().unwrap()] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let config_path = root.join("arsnetd.toml");
         std::fs::write(&config_path, TEST_CONFIG).unwrap();

@@ -82,7 +82,7 @@ async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, Co
             Response::Done
         }
         Request::RemoveGroup { id } => {
-            groups::remove(daemon, id)?;
+            groups::remove(daemon, id).await?;
             Response::Done
         }
         Request::Fetch(spec) => {
@@ -135,46 +135,54 @@ fn wanted(update: &Update, id: Option<JobId>) -> bool {
 
 /// Streams updates until the client goes away or the daemon stops. The first frames are the
 /// current state, so a watcher never misses an end that happened before it subscribed.
-async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>) {
-    let mut updates = daemon.updates.subscribe();
-    let initial: Vec<Update> = match id {
-        Some(id) => match jobs::status(daemon, id) {
-            Ok(info) => vec![Update::Job(info)],
-            Err(e) => {
-                let _ = write_frame(stream, &Response::Error(e)).await;
-                return;
-            }
-        },
+/// The current state a watcher gets first, and again after it lagged (so that an end it
+/// skipped is never missed).
+fn snapshot(daemon: &Daemon, id: Option<JobId>) -> Result<Vec<Update>, ControlError> {
+    Ok(match id {
+        Some(id) => vec![Update::Job(jobs::status(daemon, id)?)],
         None => {
             let mut all: Vec<Update> = jobs::infos(daemon).into_iter().map(Update::Job).collect();
             all.push(Update::Groups(groups::infos(daemon)));
             all
         }
-    };
-    for update in initial {
-        if write_frame(stream, &Response::Update(update))
-            .await
-            .is_err()
-        {
+    })
+}
+
+async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>) {
+    let mut updates = daemon.updates.subscribe();
+    let initial = match snapshot(daemon, id) {
+        Ok(initial) => initial,
+        Err(e) => {
+            let _ = write_frame(stream, &Response::Error(e)).await;
             return;
         }
-    }
+    };
     let (mut reader, mut writer) = stream.split();
+    let mut pending: std::collections::VecDeque<Response> =
+        initial.into_iter().map(Response::Update).collect();
     let mut probe = [0u8; 1];
     loop {
-        let response = tokio::select! {
+        while let Some(response) = pending.pop_front() {
+            if write_frame(&mut writer, &response).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
             _ = daemon.shutdown.cancelled() => return,
             // Any byte or EOF from a watcher ends the watch.
             _ = reader.read(&mut probe) => return,
             update = updates.recv() => match update {
-                Ok(update) if wanted(&update, id) => Response::Update(update),
-                Ok(_) => continue,
-                Err(RecvError::Lagged(skipped)) => Response::Lagged { skipped },
+                Ok(update) if wanted(&update, id) => pending.push_back(Response::Update(update)),
+                Ok(_) => {}
+                Err(RecvError::Lagged(skipped)) => {
+                    pending.push_back(Response::Lagged { skipped });
+                    // What was skipped may include a job's end: resend the current state.
+                    if let Ok(now) = snapshot(daemon, id) {
+                        pending.extend(now.into_iter().map(Response::Update));
+                    }
+                }
                 Err(RecvError::Closed) => return,
             },
-        };
-        if write_frame(&mut writer, &response).await.is_err() {
-            return;
         }
     }
 }

@@ -3,8 +3,11 @@
 //! bincode frames. Each connection is served by its own task; a bad client only ever loses
 //! its own connection.
 
+mod access;
 pub mod frame;
 mod handler;
+
+pub use access::{resolve_group, ControlGroup};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -24,6 +27,8 @@ const MAX_CONNECTIONS: usize = 256;
 pub enum SocketError {
     #[error("another arsnetd is already listening on {0}")]
     InUse(String),
+    #[error("unsafe control socket directory: {0}")]
+    Unsafe(String),
     #[error("cannot set up control socket {path}: {source}")]
     Io {
         path: String,
@@ -31,9 +36,11 @@ pub enum SocketError {
     },
 }
 
-/// Creates the socket's directory (0700) and binds the socket (0600). A socket file left by
-/// a crashed daemon (nobody accepts on it) is replaced; a live one is an error.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
+/// Creates the socket's directory (0700, or 0750 for a control group) and binds the socket
+/// (0600, or 0660 for a control group). A socket file left by a crashed daemon (nobody
+/// accepts on it) is replaced; a live one is an error. An existing directory must be safe
+/// (ours, not writable by others).
+pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, SocketError> {
     let shown = path.display().to_string();
     let io = |source| SocketError::Io {
         path: shown.clone(),
@@ -43,7 +50,11 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            if let Some(group) = group {
+                access::share_with_group(dir, group, 0o750).map_err(io)?;
+            }
         }
+        access::check_dir_is_safe(dir).map_err(SocketError::Unsafe)?;
     }
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
@@ -55,14 +66,19 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
         }
     }
     let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    match group {
+        Some(group) => access::share_with_group(path, group, 0o660).map_err(io)?,
+        None => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?
+        }
+    }
     Ok(listener)
 }
 
 /// Accepts control connections until the daemon shuts down.
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let allowed_gid = daemon.config.control_group.as_deref().and_then(group_id);
+    let group = daemon.control_group.clone();
     let mut backoff = Duration::from_millis(10);
     loop {
         // Take a permit before accepting, so a flood of clients waits in the backlog.
@@ -86,7 +102,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
         };
         match stream.peer_cred() {
-            Ok(cred) if peer_allowed(cred.uid(), cred.gid(), allowed_gid) => {}
+            Ok(cred) if access::peer_allowed(cred.uid(), cred.gid(), group.as_ref()) => {}
             Ok(cred) => {
                 warn!(uid = cred.uid(), pid = ?cred.pid(), "refused control connection from another user");
                 continue;
@@ -102,23 +118,4 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             drop(permit);
         });
     }
-}
-
-fn peer_allowed(uid: u32, gid: u32, allowed_gid: Option<u32>) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let own = unsafe { libc::geteuid() };
-    uid == own || uid == 0 || allowed_gid == Some(gid)
-}
-
-/// Resolves a group name to its gid.
-fn group_id(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam with a valid C string; the result is read immediately.
-    let group = unsafe { libc::getgrnam(cname.as_ptr()) };
-    if group.is_null() {
-        warn!(group = name, "control_group does not exist; ignoring it");
-        return None;
-    }
-    // SAFETY: non-null pointer returned by getgrnam.
-    Some(unsafe { (*group).gr_gid })
 }
