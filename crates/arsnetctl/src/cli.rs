@@ -123,7 +123,7 @@ pub enum Command {
     Pause { id: u64 },
     /// Continue a paused (or failed) job.
     Resume { id: u64 },
-    /// Cancel a job and remove its partial files.
+    /// Cancel a job and remove its partial files (unless --keep).
     Cancel {
         id: u64,
         /// Keep the partial files, so that `fetch -r` can adopt them later.
