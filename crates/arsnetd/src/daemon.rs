@@ -89,6 +89,15 @@ impl Daemon {
         let _ = self.updates.send(update);
     }
 
+    /// Records (and logs) something that could not be restored; `list` shows it.
+    pub(crate) fn note_restore_problem(&self, note: String) {
+        error!("{note}");
+        self.restore_notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(note);
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }
@@ -206,12 +215,7 @@ async fn restore(daemon: &Arc<Daemon>) {
         Ok(loaded) => loaded,
         Err(e) => {
             let note = format!("could not read saved state: {e}; starting empty");
-            error!("{note}");
-            daemon
-                .restore_notes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(note);
+            daemon.note_restore_problem(note);
             return;
         }
     };
@@ -223,12 +227,7 @@ async fn restore(daemon: &Arc<Daemon>) {
                 "saved state was unreadable ({reason}); kept it at {} and started empty",
                 kept_at.display()
             );
-            error!("{note}");
-            daemon
-                .restore_notes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(note);
+            daemon.note_restore_problem(note);
             return;
         }
     };

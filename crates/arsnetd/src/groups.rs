@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arsnet_engine::server::{validate_ports, GroupConfig, ServeError, ServerGroup};
 use arsnet_proto::control::{ControlError, ErrorKind, GroupId, GroupInfo, ServeSpec, Update};
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::daemon::Daemon;
 use crate::persist::GroupRecord;
@@ -220,13 +220,8 @@ pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecor
                     record.spec.file.display(),
                     record.id
                 );
-                error!("{note}");
                 daemon.lock().unrestored_groups.push(record);
-                daemon
-                    .restore_notes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(note);
+                daemon.note_restore_problem(note);
             }
         }
     }

@@ -76,6 +76,10 @@ impl Daemon {
 
     pub fn start_with_config(root: &Path, config: &str) -> Daemon {
         std::fs::create_dir_all(root).unwrap();
+        Self::launch(root, config, None)
+    }
+
+    fn launch(root: &Path, config: &str, as_uid: Option<u32>) -> Daemon {
         let config_path = root.join("arsnetd.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut daemon = Daemon {
@@ -84,7 +88,7 @@ impl Daemon {
             state_dir: root.join("state"),
             config: Some(config_path),
             child: None,
-            as_uid: None,
+            as_uid,
         };
         daemon.spawn();
         daemon
@@ -149,18 +153,7 @@ impl Daemon {
         for dir in [root, root.parent().unwrap()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let config_path = root.join("arsnetd.toml");
-        std::fs::write(&config_path, TEST_CONFIG).unwrap();
-        let mut daemon = Daemon {
-            root: root.to_path_buf(),
-            socket: root.join("ctl.sock"),
-            state_dir: root.join("state"),
-            config: Some(config_path),
-            child: None,
-            as_uid: Some(65534),
-        };
-        daemon.spawn();
-        daemon
+        Self::launch(root, TEST_CONFIG, Some(65534))
     }
 
     pub fn log(&self) -> String {
