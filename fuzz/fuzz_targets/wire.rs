@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     let mut assembler: Option<ManifestAssembler> = None;
     while rest.len() >= FRAME_HEADER_LEN {
         let head: [u8; FRAME_HEADER_LEN] = rest[..FRAME_HEADER_LEN].try_into().unwrap();
-        let Ok(head) = parse_frame_head(head) else { return };
+        let Ok(head) = parse_frame_head(head) else {
+            return;
+        };
         rest = &rest[FRAME_HEADER_LEN..];
         let len = (head.len as usize).min(rest.len());
         let (payload, tail) = rest.split_at(len);
