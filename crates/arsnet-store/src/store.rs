@@ -485,6 +485,51 @@ impl DownloadStore {
         Ok(target)
     }
 
+    /// Completes a finalize that a crash interrupted between the rename and the journal's
+    /// removal: the journal exists, the dump does not, and `DIR/NAME` does. If every segment
+    /// of `DIR/NAME` verifies against the journal's manifest, the stale journal is removed
+    /// and `Some(DIR/NAME)` returned. `None` means this is not that situation (or the file
+    /// does not verify, and is left alone).
+    pub fn recover_finalized(dir: &Path, name: &str) -> Result<Option<PathBuf>, StoreError> {
+        let name = checked_name(name.as_bytes(), dir)?;
+        let paths = StorePaths::new(dir, name);
+        let target = dir.join(name);
+        if exists(&paths.dump)? || !exists(&paths.journal)? || !exists(&target)? {
+            return Ok(None);
+        }
+        let journal_file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths.journal)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
+        };
+        lock_journal(&journal_file, &paths.journal)?;
+        let (_journal, contents) = Journal::open_named(journal_file, &paths.journal)?;
+        let manifest = contents.manifest;
+        let file = File::open(&target).map_err(|e| StoreError::io("opening", &target, e))?;
+        let len = file
+            .len()
+            .map_err(|e| StoreError::io("reading", &target, e))?;
+        if len != manifest.size {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; manifest.segment_size as usize];
+        for segment in 0..manifest.segment_count() {
+            let (offset, length) = manifest.segment_range(segment);
+            let buf = &mut buf[..length as usize];
+            read_exact_at(&file, buf, offset).map_err(|e| StoreError::io("reading", &target, e))?;
+            if !manifest.verify_segment(segment, buf) {
+                return Ok(None);
+            }
+        }
+        remove_if_exists(&paths.journal)?;
+        sync_dir(dir)?;
+        Ok(Some(target))
+    }
+
     /// Removes the dump and the journal (cancel without keeping the partial download).
     pub fn discard(self) -> Result<(), StoreError> {
         let DownloadStore { dir, paths, store } = self;

@@ -633,3 +633,40 @@ fn a_partial_download_has_one_owner_at_a_time() {
     let (_second, adopted) = DownloadStore::adopt(dir.path(), NAME, false).unwrap();
     assert_eq!(adopted.segments, vec![0]);
 }
+
+#[test]
+fn a_finalize_interrupted_after_the_rename_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3 * SEG as usize + 7, 9);
+    let m = manifest(NAME, &data);
+    let all: Vec<u64> = (0..m.segment_count()).collect();
+    let store = store_with(dir.path(), &m, &data, &[&all]);
+    drop(store);
+    // The crash: the dump was renamed into place, the journal not yet removed.
+    fs::rename(
+        DownloadStore::dump_path(dir.path(), NAME),
+        dir.path().join(NAME),
+    )
+    .unwrap();
+    // A different file in its place is not taken for the download.
+    fs::write(dir.path().join(NAME), b"something else").unwrap();
+    assert_eq!(
+        DownloadStore::recover_finalized(dir.path(), NAME).unwrap(),
+        None
+    );
+    assert!(DownloadStore::journal_path(dir.path(), NAME).exists());
+    // The real file is recognised, and the stale journal goes.
+    fs::write(dir.path().join(NAME), &data).unwrap();
+    assert_eq!(
+        DownloadStore::recover_finalized(dir.path(), NAME).unwrap(),
+        Some(dir.path().join(NAME))
+    );
+    assert_eq!(dir_entries(dir.path()), vec![NAME.to_string()]);
+    // With a dump present it is an ordinary partial download, not this case.
+    let other = tempfile::tempdir().unwrap();
+    drop(store_with(other.path(), &m, &data, &[&[0]]));
+    assert_eq!(
+        DownloadStore::recover_finalized(other.path(), NAME).unwrap(),
+        None
+    );
+}

@@ -218,12 +218,16 @@ pub async fn run_download(
         disk_busy_until: None,
         info,
     };
-    if job.spec.resume {
-        if let Err(reason) = job.adopt_partial(config).await {
-            return Outcome::Failed(reason);
-        }
-    }
-    let outcome = job.run(&mut events_rx, &mut commands).await;
+    let adopted = if job.spec.resume {
+        job.adopt_partial(config).await
+    } else {
+        Ok(None)
+    };
+    let outcome = match adopted {
+        Err(reason) => Outcome::Failed(reason),
+        Ok(Some(finished)) => Outcome::Completed(finished),
+        Ok(None) => job.run(&mut events_rx, &mut commands).await,
+    };
     // A stopped job's final state (paused, or still running across a daemon restart) is
     // the owner's decision, not the engine's: publish no state for it.
     job.publish(match &outcome {
@@ -240,12 +244,24 @@ impl Job {
         self.started.elapsed()
     }
 
-    async fn adopt_partial(&mut self, config: SchedConfig) -> Result<(), String> {
+    /// Adopts the partial download in DIR, if any. `Ok(Some(path))` means it had in fact
+    /// finished (a crash hit between the final rename and the journal's removal).
+    async fn adopt_partial(&mut self, config: SchedConfig) -> Result<Option<PathBuf>, String> {
         let dir = self.spec.dir.clone();
         let Some(name) = find_partial(&dir, self.spec.name.as_deref())? else {
             info!(job = self.spec.id, dir = %dir.display(), "no partial download to resume; starting fresh");
-            return Ok(());
+            return Ok(None);
         };
+        let (d, n) = (dir.clone(), name.clone());
+        let finished =
+            tokio::task::spawn_blocking(move || DownloadStore::recover_finalized(&d, &n))
+                .await
+                .map_err(|e| format!("recovery task failed: {e}"))?
+                .map_err(|e| format!("cannot resume: {e}"))?;
+        if let Some(path) = finished {
+            info!(job = self.spec.id, path = %path.display(), "found the download already finished and verified; removed its stale journal");
+            return Ok(Some(path));
+        }
         let overwrite = self.spec.overwrite;
         let adopted =
             tokio::task::spawn_blocking(move || DownloadStore::adopt(&dir, &name, overwrite))
@@ -282,7 +298,7 @@ impl Job {
         );
         self.start_writer(store);
         self.set_manifest(manifest);
-        Ok(())
+        Ok(None)
     }
 
     /// Records the accepted manifest and shares it with connections (one digest table).

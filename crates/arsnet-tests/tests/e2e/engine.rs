@@ -614,3 +614,24 @@ fn stalled_server_is_dropped_and_its_segments_move() {
         "nothing came from the staller"
     );
 }
+
+#[test]
+fn a_crash_between_rename_and_journal_removal_is_recovered_by_fetch_r() {
+    let s = slow_setup(16 * 1024 * 1024, 2 * 1024 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client.wait_job(job, LONG, |st| progress(st) > 0.3);
+    s.client.ok(&["pause", &job.to_string()]);
+    s.client.wait_job(job, LONG, |st| job_state(st) == "paused");
+    let journal = s.out.join("slow.bin.arsnet-segments");
+    let saved = std::fs::read(&journal).unwrap();
+    s.client.ok(&["resume", &job.to_string()]);
+    assert!(completed(&s.client.wait_job(job, LONG, terminal)));
+    // Recreate what a crash right after the final rename leaves: the file and its journal.
+    std::fs::write(&journal, &saved).unwrap();
+    let again = fetch(&s.client, &s.out, &s.ports, &["-r"]);
+    let st = s.client.wait_job(again, LONG, terminal);
+    assert!(completed(&st), "{st}");
+    assert!(s.client.log().contains("already finished and verified"));
+    assert!(!journal.exists(), "the stale journal is gone");
+    assert_same(&s.out.join("slow.bin"), &s.data);
+}
