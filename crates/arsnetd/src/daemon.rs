@@ -132,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let control_group = match config.control_group.as_deref() {
         Some(name) => Some(
             crate::control::resolve_group(name)
+                .map_err(|e| anyhow::anyhow!(e))?
                 .ok_or_else(|| anyhow::anyhow!("control_group {name:?} does not exist"))?,
         ),
         None => None,

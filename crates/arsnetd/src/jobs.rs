@@ -164,6 +164,10 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
                     if entry.live.is_none()
                         && matches!(entry.state, JobState::Paused | JobState::Failed(_))
                     {
+                        // The options that do not define the download come from this call
+                        // (e.g. `fetch -r --overwrite` after "already exists").
+                        entry.spec.overwrite = spec.overwrite;
+                        entry.spec.metric_interval_secs = spec.metric_interval_secs;
                         entry.state = JobState::Queued;
                         entry.resume_next = true;
                         daemon.persist(&inner);

@@ -252,12 +252,18 @@ impl Job {
             info!(job = self.spec.id, dir = %dir.display(), "no partial download to resume; starting fresh");
             return Ok(None);
         };
-        let (d, n) = (dir.clone(), name.clone());
-        let finished =
-            tokio::task::spawn_blocking(move || DownloadStore::recover_finalized(&d, &n))
-                .await
-                .map_err(|e| format!("recovery task failed: {e}"))?
-                .map_err(|e| format!("cannot resume: {e}"))?;
+        // Only for a file this job itself was downloading (its name was recorded): a stray
+        // journal of some other download must not make this job "complete" unseen.
+        let finished = match self.spec.name.clone() {
+            Some(n) => {
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || DownloadStore::recover_finalized(&d, &n))
+                    .await
+                    .map_err(|e| format!("recovery task failed: {e}"))?
+                    .map_err(|e| format!("cannot resume: {e}"))?
+            }
+            None => None,
+        };
         if let Some(path) = finished {
             info!(job = self.spec.id, path = %path.display(), "found the download already finished and verified; removed its stale journal");
             return Ok(Some(path));

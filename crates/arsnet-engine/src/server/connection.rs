@@ -23,9 +23,14 @@ use crate::wire_io::{read_client_frame, FrameReadError};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with nothing queued and no request for this long is closed, so idle clients
 /// cannot hold a virtual server's connection slots forever.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// A write that makes no progress for this long means the client stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An hour: longer than any client's stall timeout, so a client that merely waits on its own
+/// slow disk (and so requests nothing for a while) is never cut off.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A write that makes no progress at all for this long means the client stopped reading.
+const WRITE_STALL: Duration = Duration::from_secs(600);
+/// Writes are cut into slices this big so that the stall limit measures progress, not the
+/// time a whole (possibly huge) buffer takes on a slow link.
+const WRITE_SLICE: usize = 64 * 1024;
 /// Bytes written between counter updates when not rate-limited.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -47,10 +52,13 @@ enum Command {
 
 /// `write_all` that gives up on a client that stopped reading.
 async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), ConnError> {
-    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(ConnError::Refused("client stopped reading".into())),
+    for slice in bytes.chunks(WRITE_SLICE) {
+        match tokio::time::timeout(WRITE_STALL, writer.write_all(slice)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnError::Refused("client stopped reading".into())),
+        }
     }
+    Ok(())
 }
 
 async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, code: ErrorCode, message: String) {

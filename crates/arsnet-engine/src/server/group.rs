@@ -103,6 +103,9 @@ pub struct ServerGroup {
     served: Arc<Served>,
     slots: Vec<PortSlot>,
     shutdown: CancellationToken,
+    /// The operator-stopped ports as they were when the group was shut down: shutting down
+    /// stops every port, which must not be saved as if the operator had stopped them.
+    stopped_at_shutdown: Mutex<Option<Vec<u16>>>,
 }
 
 fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
@@ -234,6 +237,7 @@ impl ServerGroup {
             served,
             slots,
             shutdown,
+            stopped_at_shutdown: Mutex::new(None),
         });
         spawn_status_task(
             Arc::downgrade(&group),
@@ -269,6 +273,9 @@ impl ServerGroup {
 
     /// Ports currently stopped by the operator (persisted so a restart keeps them stopped).
     pub fn stopped_ports(&self) -> Vec<u16> {
+        if let Some(stopped) = lock(&self.stopped_at_shutdown).as_ref() {
+            return stopped.clone();
+        }
         self.slots
             .iter()
             .filter(|s| matches!(*lock(&s.run), PortRun::Stopped { .. }))
@@ -353,6 +360,18 @@ impl ServerGroup {
     /// Stops every port of the group for good; returns once every listener is closed, so
     /// the ports can be served again at once.
     pub async fn shutdown(&self) {
+        {
+            let mut snapshot = lock(&self.stopped_at_shutdown);
+            if snapshot.is_none() {
+                let stopped = self
+                    .slots
+                    .iter()
+                    .filter(|s| matches!(*lock(&s.run), PortRun::Stopped { .. }))
+                    .map(|s| s.port)
+                    .collect();
+                *snapshot = Some(stopped);
+            }
+        }
         self.shutdown.cancel();
         let mut closing = Vec::new();
         for slot in &self.slots {

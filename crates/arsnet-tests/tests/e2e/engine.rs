@@ -616,8 +616,8 @@ fn stalled_server_is_dropped_and_its_segments_move() {
 }
 
 #[test]
-fn a_crash_between_rename_and_journal_removal_is_recovered_by_fetch_r() {
-    let s = slow_setup(16 * 1024 * 1024, 2 * 1024 * 1024);
+fn a_crash_between_rename_and_journal_removal_is_recovered_on_restart() {
+    let mut s = slow_setup(16 * 1024 * 1024, 2 * 1024 * 1024);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     s.client.wait_job(job, LONG, |st| progress(st) > 0.3);
     s.client.ok(&["pause", &job.to_string()]);
@@ -626,10 +626,17 @@ fn a_crash_between_rename_and_journal_removal_is_recovered_by_fetch_r() {
     let saved = std::fs::read(&journal).unwrap();
     s.client.ok(&["resume", &job.to_string()]);
     assert!(completed(&s.client.wait_job(job, LONG, terminal)));
-    // Recreate what a crash right after the final rename leaves: the file and its journal.
+    // Recreate what kill -9 right after the final rename leaves behind: the file, its
+    // journal, and a job table that still says "running".
+    s.client.kill9();
     std::fs::write(&journal, &saved).unwrap();
-    let again = fetch(&s.client, &s.out, &s.ports, &["-r"]);
-    let st = s.client.wait_job(again, LONG, terminal);
+    let state_path = s.client.state_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["jobs"][0]["state"] = serde_json::json!("Running");
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    s.client.restart();
+    let st = s.client.wait_job(job, LONG, terminal);
     assert!(completed(&st), "{st}");
     assert!(s.client.log().contains("already finished and verified"));
     assert!(!journal.exists(), "the stale journal is gone");

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// A resolved `control_group`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlGroup {
     pub name: String,
     pub gid: u32,
@@ -16,70 +16,110 @@ pub struct ControlGroup {
     members: Vec<String>,
 }
 
-fn own_uid() -> u32 {
+pub(crate) fn own_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
-/// Looks a group up by name; `None` if it does not exist.
-pub fn resolve_group(name: &str) -> Option<ControlGroup> {
-    let cname = CString::new(name).ok()?;
+/// Largest buffer tried for one group or user record (big LDAP groups need megabytes).
+const MAX_NSS_BUFFER: usize = 64 * 1024 * 1024;
+
+/// Calls a `get*_r` NSS function, growing its buffer on ERANGE. Returns the buffer (which
+/// the filled record points into) or the errno.
+fn with_nss_buffer(
+    mut call: impl FnMut(&mut Vec<libc::c_char>) -> libc::c_int,
+) -> Result<Vec<libc::c_char>, i32> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    loop {
+        match call(&mut buf) {
+            0 => return Ok(buf),
+            libc::ERANGE if buf.len() < MAX_NSS_BUFFER => {
+                let bigger = buf.len() * 2;
+                buf.resize(bigger, 0);
+            }
+            errno => return Err(errno),
+        }
+    }
+}
+
+/// Looks a group up by name: `Ok(None)` if it does not exist, `Err` if the lookup failed.
+pub fn resolve_group(name: &str) -> Result<Option<ControlGroup>, String> {
+    let cname = CString::new(name).map_err(|_| format!("group name {name:?} contains NUL"))?;
+    // SAFETY: an all-zero `group` is a valid value to be overwritten by getgrnam_r.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 64 * 1024];
     let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; the buffer outlives every string read
-    // from `grp` below.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
+    let _buf = with_nss_buffer(|buf| {
+        // SAFETY: all pointers are valid for the call.
+        unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        }
+    })
+    .map_err(|errno| {
+        format!(
+            "looking up group {name:?}: {}",
+            std::io::Error::from_raw_os_error(errno)
         )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
+    })?;
+    if result.is_null() {
+        return Ok(None);
     }
     let mut members = Vec::new();
     let mut cursor = grp.gr_mem;
-    // SAFETY: gr_mem is a NULL-terminated array of C strings inside `buf`.
+    // SAFETY: gr_mem is a NULL-terminated array of C strings inside `_buf`, which is alive.
     unsafe {
         while !cursor.is_null() && !(*cursor).is_null() {
             members.push(CStr::from_ptr(*cursor).to_string_lossy().into_owned());
             cursor = cursor.add(1);
         }
     }
-    Some(ControlGroup {
+    Ok(Some(ControlGroup {
         name: name.to_string(),
         gid: grp.gr_gid,
         members,
-    })
+    }))
 }
 
 /// The login name and primary group of `uid`, from the password database.
 fn user_of(uid: u32) -> Option<(String, u32)> {
+    // SAFETY: an all-zero `passwd` is a valid value to be overwritten by getpwuid_r.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as in resolve_group.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
+    let _buf = with_nss_buffer(|buf| {
+        // SAFETY: as in resolve_group.
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) }
+    })
+    .ok()?;
+    if result.is_null() {
         return None;
     }
-    // SAFETY: pw_name points into `buf`, NUL-terminated.
+    // SAFETY: pw_name points into `_buf`, which is alive, and is NUL-terminated.
     let name = unsafe { CStr::from_ptr(pwd.pw_name) }
         .to_string_lossy()
         .into_owned();
     Some((name, pwd.pw_gid))
 }
 
-/// Whether a peer with these credentials may use the control socket.
-pub fn peer_allowed(uid: u32, gid: u32, group: Option<&ControlGroup>) -> bool {
+/// Whether a peer with these credentials may use the control socket. The group is looked
+/// up afresh on every call, so adding or removing a member takes effect without a restart;
+/// call it off the async threads, as NSS lookups may block.
+pub fn peer_allowed(uid: u32, gid: u32, group_name: Option<&str>) -> bool {
     if uid == own_uid() || uid == 0 {
         return true;
     }
-    let Some(group) = group else { return false };
+    match group_name.and_then(|name| resolve_group(name).ok().flatten()) {
+        Some(group) => member_of(uid, gid, &group),
+        None => false,
+    }
+}
+
+/// Primary group (from the credentials or the user database) or a listed member.
+fn member_of(uid: u32, gid: u32, group: &ControlGroup) -> bool {
     if gid == group.gid {
         return true;
     }
@@ -93,7 +133,14 @@ pub fn peer_allowed(uid: u32, gid: u32, group: Option<&ControlGroup>) -> bool {
 /// Refuses a socket directory that someone else could tamper with: it must belong to us
 /// (or root) and, if group- or world-writable, carry the sticky bit (like /tmp).
 pub fn check_dir_is_safe(dir: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Not following a symlink: whoever owns it could re-point it later.
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{} is a symbolic link: refusing to put the control socket there",
+            dir.display()
+        ));
+    }
     let mode = meta.mode();
     if meta.uid() != own_uid() && meta.uid() != 0 {
         return Err(format!(
@@ -128,16 +175,15 @@ mod tests {
         assert!(peer_allowed(0, 0, None));
         let stranger = if own_uid() == 4242 { 4243 } else { 4242 };
         assert!(!peer_allowed(stranger, 4242, None));
+        assert!(!peer_allowed(stranger, 4242, Some("no-such-group-arsnet")));
         let group = ControlGroup {
             name: "g".into(),
             gid: 777,
             members: vec![],
         };
-        assert!(
-            peer_allowed(stranger, 777, Some(&group)),
-            "primary gid matches"
-        );
-        assert!(!peer_allowed(stranger, 778, Some(&group)));
+        assert!(member_of(stranger, 777, &group), "primary gid matches");
+        assert!(!member_of(stranger, 778, &group));
+        assert_eq!(resolve_group("no-such-group-arsnet"), Ok(None));
     }
 
     #[test]
@@ -151,5 +197,8 @@ mod tests {
             .contains("writable by others"));
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(check_dir_is_safe(dir.path()).is_ok(), "sticky like /tmp");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        assert!(check_dir_is_safe(&link).unwrap_err().contains("symbolic link"));
     }
 }

@@ -17,6 +17,9 @@ use crate::control::frame::{read_frame, write_frame, FrameError};
 use crate::daemon::Daemon;
 use crate::{groups, jobs};
 
+/// How long a pushed update may wait for a watcher to read it before the watch is ended.
+const WATCH_WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
     loop {
         let payload = match read_frame(&mut stream).await {
@@ -163,7 +166,11 @@ async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>)
     let mut probe = [0u8; 1];
     loop {
         while let Some(response) = pending.pop_front() {
-            if write_frame(&mut writer, &response).await.is_err() {
+            // A watcher that stops reading altogether (a suspended terminal) gives its
+            // connection slot back after a while instead of holding it forever.
+            let written =
+                tokio::time::timeout(WATCH_WRITE_STALL, write_frame(&mut writer, &response)).await;
+            if !matches!(written, Ok(Ok(()))) {
                 return;
             }
         }

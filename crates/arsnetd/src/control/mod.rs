@@ -55,6 +55,15 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
             }
         }
         access::check_dir_is_safe(dir).map_err(SocketError::Unsafe)?;
+        // A directory left 0700 by an earlier run without a control group must let the
+        // group through now (only when it is ours to change).
+        if let Some(group) = group {
+            let ours = std::fs::metadata(dir)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == access::own_uid());
+            if matches!(ours, Ok(true)) {
+                access::share_with_group(dir, group, 0o750).map_err(io)?;
+            }
+        }
     }
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
@@ -78,7 +87,7 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
 /// Accepts control connections until the daemon shuts down.
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let group = daemon.control_group.clone();
+    let group: Option<String> = daemon.control_group.as_ref().map(|g| g.name.clone());
     let mut backoff = Duration::from_millis(10);
     loop {
         // Take a permit before accepting, so a flood of clients waits in the backlog.
@@ -101,20 +110,28 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if access::peer_allowed(cred.uid(), cred.gid(), group.as_ref()) => {}
-            Ok(cred) => {
-                warn!(uid = cred.uid(), pid = ?cred.pid(), "refused control connection from another user");
-                continue;
-            }
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
             Err(e) => {
                 warn!(error = %e, "refused control connection: cannot read peer credentials");
                 continue;
             }
-        }
+        };
         let daemon = daemon.clone();
+        let group = group.clone();
         tokio::spawn(async move {
-            handler::handle(daemon, stream).await;
+            let (uid, gid) = (cred.uid(), cred.gid());
+            // The group lookup may block on NSS (LDAP…): keep it off the async threads.
+            let allowed = tokio::task::spawn_blocking(move || {
+                access::peer_allowed(uid, gid, group.as_deref())
+            })
+            .await
+            .unwrap_or(false);
+            if allowed {
+                handler::handle(daemon, stream).await;
+            } else {
+                warn!(uid, pid = ?cred.pid(), "refused control connection from another user");
+            }
             drop(permit);
         });
     }
