@@ -199,6 +199,8 @@ mod tests {
         assert!(check_dir_is_safe(dir.path()).is_ok(), "sticky like /tmp");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/", &link).unwrap();
-        assert!(check_dir_is_safe(&link).unwrap_err().contains("symbolic link"));
+        assert!(check_dir_is_safe(&link)
+            .unwrap_err()
+            .contains("symbolic link"));
     }
 }
