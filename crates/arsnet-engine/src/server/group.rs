@@ -93,6 +93,9 @@ struct PortSlot {
     /// Bumped (under `run`'s lock) by every stop and start, so a start that waited for the
     /// old listener can tell whether a later command overtook it.
     generation: AtomicU64,
+    /// Serialises starts of this port: a second start waits for the first instead of racing
+    /// it for the address.
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// A running group. Dropping it does not stop it: call [`ServerGroup::shutdown`].
@@ -228,6 +231,7 @@ impl ServerGroup {
                 bucket,
                 run: Mutex::new(run),
                 generation: AtomicU64::new(0),
+                starting: tokio::sync::Mutex::new(()),
             });
         }
         let group = Arc::new(ServerGroup {
@@ -314,6 +318,7 @@ impl ServerGroup {
     /// to close first, so `stop-server P; start-server P` always works.
     pub async fn start_port(&self, port: u16) -> Result<(), ServeError> {
         let slot = self.slot(port)?;
+        let _one_start_at_a_time = slot.starting.lock().await;
         let (closing, generation) = {
             let mut run = lock(&slot.run);
             let closing = match &mut *run {

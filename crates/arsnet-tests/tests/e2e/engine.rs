@@ -642,3 +642,38 @@ fn a_crash_between_rename_and_journal_removal_is_recovered_on_restart() {
     assert!(!journal.exists(), "the stale journal is gone");
     assert_same(&s.out.join("slow.bin"), &s.data);
 }
+
+#[test]
+fn concurrent_start_server_calls_all_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("srv"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 10_000, 5);
+    let ports = free_ports(1);
+    serve(&d, &file, &ports, &[]);
+    let port = ports[0].to_string();
+    for _ in 0..5 {
+        d.ok(&["stop-server", &port]);
+        let starters: Vec<_> = (0..6)
+            .map(|_| {
+                std::process::Command::new(bin("arsnetctl"))
+                    .arg("--socket")
+                    .arg(&d.socket)
+                    .args(["start-server", &port])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in starters {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(is_listening(ports[0]));
+    }
+}
