@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "arsnetctl", version)]
 pub struct Cli {
     /// Control socket of arsnetd [default: $ARSNET_SOCKET, else
-    /// $XDG_RUNTIME_DIR/arsnet/arsnetd.sock, or /run/arsnet/arsnetd.sock as root].
+    /// $XDG_RUNTIME_DIR/arsnet/arsnetd.sock (/run/user/UID/arsnet/arsnetd.sock without that
+    /// variable), or /run/arsnet/arsnetd.sock as root].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Machine-readable output: one JSON object, or JSON lines for streams.

@@ -21,8 +21,9 @@ pub struct Args {
     /// TOML configuration file (see config.example.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Control socket path [default: $ARSNET_SOCKET, else $XDG_RUNTIME_DIR/arsnet/arsnetd.sock,
-    /// or /run/arsnet/arsnetd.sock as root].
+    /// Control socket path [default: $ARSNET_SOCKET, else $XDG_RUNTIME_DIR/arsnet/arsnetd.sock
+    /// (/run/user/UID/arsnet/arsnetd.sock without that variable), or /run/arsnet/arsnetd.sock
+    /// as root].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Directory for the job table, server groups and digest cache [default:
