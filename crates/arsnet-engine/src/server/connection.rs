@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::group::{PortStats, Served};
+use super::group::{PortStats, Served, ServedFile};
 use crate::rate::TokenBucket;
 use crate::wire_io::{read_client_frame, FrameReadError};
 
@@ -71,10 +71,12 @@ async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, code: ErrorCode, mess
 
 pub(crate) async fn serve_connection(
     mut stream: TcpStream,
-    served: &Arc<Served>,
+    file: &ServedFile,
     stats: &PortStats,
     bucket: Option<&TokenBucket>,
 ) -> Result<(), ConnError> {
+    // The file as hashed when this connection arrived: it keeps that view to the end.
+    let served = &file.get();
     let mut payload = Vec::new();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_client_frame(&mut stream, &mut payload))
         .await
@@ -119,7 +121,7 @@ pub(crate) async fn serve_connection(
             }
         }
     };
-    let serve = serve_requests(&mut writer, rx, served, stats, bucket);
+    let serve = serve_requests(&mut writer, rx, served, file, stats, bucket);
     tokio::pin!(serve);
     tokio::pin!(read_requests);
     // The writer finishing (error or violation) ends the connection at once. The reader
@@ -135,6 +137,7 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
     writer: &mut W,
     mut rx: mpsc::Receiver<Command>,
     served: &Arc<Served>,
+    file: &ServedFile,
     stats: &PortStats,
     bucket: Option<&TokenBucket>,
 ) -> Result<(), ConnError> {
@@ -162,6 +165,7 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
         buf = read_segment(served.clone(), buf, offset, length as usize).await?;
         if !served.unchanged() || buf.len() != length as usize {
             let msg = "the served file changed on disk since it was hashed".to_string();
+            file.report_change();
             send_error(writer, ErrorCode::FileChanged, msg.clone()).await;
             tracing::warn!("{msg}; refusing to serve stale digests");
             return Err(ConnError::Refused(msg));

@@ -63,6 +63,39 @@ impl Served {
     }
 }
 
+/// The file a group serves, swapped for a freshly hashed one when it is changed in place,
+/// so that new connections get the new content under its own digests.
+pub(crate) struct ServedFile {
+    current: std::sync::RwLock<Arc<Served>>,
+    changed: tokio::sync::Notify,
+}
+
+impl ServedFile {
+    fn new(served: Served) -> Self {
+        ServedFile {
+            current: std::sync::RwLock::new(Arc::new(served)),
+            changed: Default::default(),
+        }
+    }
+
+    /// The file as currently hashed.
+    pub fn get(&self) -> Arc<Served> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A connection saw the file change under it: schedule a re-hash.
+    pub fn report_change(&self) {
+        self.changed.notify_one();
+    }
+
+    fn replace(&self, served: Served) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+    }
+}
+
 /// Counters of one virtual server.
 #[derive(Debug, Default)]
 pub(crate) struct PortStats {
@@ -103,7 +136,7 @@ pub struct ServerGroup {
     id: GroupId,
     path: PathBuf,
     bind: IpAddr,
-    served: Arc<Served>,
+    served: Arc<ServedFile>,
     slots: Vec<PortSlot>,
     shutdown: CancellationToken,
     /// The operator-stopped ports as they were when the group was shut down: shutting down
@@ -191,7 +224,7 @@ impl ServerGroup {
         let served = tokio::task::spawn_blocking(move || open_served(&cfg))
             .await
             .map_err(|e| ServeError::Internal(format!("hashing task failed: {e}")))??;
-        let served = Arc::new(served);
+        let served = Arc::new(ServedFile::new(served));
 
         // Bind everything before serving anything, so that a failure leaves nothing behind.
         let mut listeners = Vec::new();
@@ -248,11 +281,12 @@ impl ServerGroup {
             config.status_interval,
             group.shutdown.clone(),
         );
+        spawn_rehash_task(group.served.clone(), config.clone(), group.shutdown.clone());
         info!(
             group = id,
             file = %config.file.display(),
-            size = group.served.manifest.size,
-            segments = group.served.manifest.segment_count(),
+            size = group.served.get().manifest.size,
+            segments = group.served.get().manifest.segment_count(),
             ports = ?config.ports,
             "server group started"
         );
@@ -269,10 +303,6 @@ impl ServerGroup {
 
     pub fn ports(&self) -> Vec<u16> {
         self.slots.iter().map(|s| s.port).collect()
-    }
-
-    pub fn manifest(&self) -> &Manifest {
-        &self.served.manifest
     }
 
     /// Ports currently stopped by the operator (persisted so a restart keeps them stopped).
@@ -400,8 +430,8 @@ impl ServerGroup {
         GroupInfo {
             id: self.id,
             file: self.path.clone(),
-            name: self.served.manifest.name.clone(),
-            size: self.served.manifest.size,
+            name: self.served.get().manifest.name.clone(),
+            size: self.served.get().manifest.size,
             bind: self.bind.to_string(),
             ports: self.slots.iter().map(port_info).collect(),
         }
@@ -433,7 +463,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn spawn_accept_loop(
     listener: TcpListener,
-    served: &Arc<Served>,
+    served: &Arc<ServedFile>,
     stats: &Arc<PortStats>,
     bucket: &Option<Arc<TokenBucket>>,
     token: CancellationToken,
@@ -487,6 +517,54 @@ fn spawn_accept_loop(
             }
         }
     })
+}
+
+/// Re-hashes the file after a connection reported that it changed in place: waits until its
+/// size and mtime have held still for a second (a writer may still be at it), then hashes
+/// it anew and swaps it in. Downloads of the old content then see a different header and
+/// fail clearly instead of ever receiving mixed bytes.
+fn spawn_rehash_task(served: Arc<ServedFile>, config: GroupConfig, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let fingerprint = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = served.changed.notified() => {}
+            }
+            let mut last = fingerprint(&config.file);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let now = fingerprint(&config.file);
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            let cfg = config.clone();
+            match tokio::task::spawn_blocking(move || open_served(&cfg)).await {
+                Ok(Ok(fresh)) => {
+                    info!(
+                        file = %config.file.display(),
+                        size = fresh.manifest.size,
+                        "served file changed on disk: re-hashed, new connections get the new content"
+                    );
+                    served.replace(fresh);
+                }
+                Ok(Err(e)) => {
+                    warn!(file = %config.file.display(), error = %e, "served file changed and cannot be re-hashed")
+                }
+                Err(e) => warn!(error = %e, "re-hash task failed"),
+            }
+        }
+    });
 }
 
 /// Samples each port's rate every second and logs every port's status every

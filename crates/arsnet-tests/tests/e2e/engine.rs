@@ -561,7 +561,7 @@ fn full_disk_fails_clearly_and_resumes_after_space_is_freed() {
 }
 
 #[test]
-fn a_file_changed_while_served_is_never_delivered() {
+fn a_file_changed_while_served_is_never_delivered_mixed() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let client = Daemon::start(&tmp.path().join("cli"));
@@ -573,16 +573,24 @@ fn a_file_changed_while_served_is_never_delivered() {
     let job = fetch(&client, &out, &ports, &[]);
     client.wait_job(job, LONG, |s| progress(s) > 0.1);
     // The file is rewritten in place while being served.
-    write_file(&file, 4 * 1024 * 1024, 32);
-    let status = client.wait_job(job, LONG, |s| s.to_string().contains("changed on disk"));
-    assert_ne!(job_state(&status), "completed");
+    let new_data = write_file(&file, 4 * 1024 * 1024, 32);
+    // First the servers refuse to send bytes their digests no longer describe...
+    client.wait_job(job, LONG, |s| s.to_string().contains("changed on disk"));
     assert!(servers.log().contains("refusing to serve stale digests"));
-    std::thread::sleep(Duration::from_millis(500));
+    // ...then they re-hash, and the download of the old content fails clearly.
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "failed", "{st}");
+    assert!(st.to_string().contains("mismatching header"), "{st}");
+    assert!(servers.log().contains("re-hashed"));
     assert!(
         !out.join("moving.bin").exists(),
         "no file from mixed content"
     );
-    client.ok(&["cancel", &job.to_string()]);
+    // A new download gets the new content, whole.
+    let out2 = tmp.path().join("out2");
+    let job2 = fetch(&client, &out2, &ports, &[]);
+    assert!(completed(&client.wait_job(job2, LONG, terminal)));
+    assert_same(&out2.join("moving.bin"), &new_data);
 }
 
 #[test]
