@@ -371,6 +371,14 @@ pub fn fetch(d: &Daemon, dir: &Path, ports: &[u16], flags: &[&str]) -> u64 {
         .expect("job id")
 }
 
+/// Reads until the peer closes and asserts that what it sent mentions `needle`.
+pub fn assert_closed_with(reader: &mut impl std::io::Read, needle: &str) {
+    let mut reply = Vec::new();
+    let _ = reader.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains(needle), "expected {needle:?} in {text:?}");
+}
+
 pub fn is_listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
