@@ -5,6 +5,15 @@ pub use arsnet_engine::{human_bytes as bytes, human_rate as rate};
 use arsnet_engine::{human_bytes, human_rate};
 use arsnet_proto::control::{GroupInfo, JobInfo, JobState};
 
+/// "  (why)" after a table row, or nothing.
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!("  ({detail})")
+    }
+}
+
 pub fn state_text(state: &JobState) -> String {
     match state {
         JobState::Failed(reason) => format!("failed: {reason}"),
@@ -75,11 +84,7 @@ pub fn groups_table(groups: &[GroupInfo]) -> String {
                 p.segments_sent,
                 human_bytes(p.bytes_sent),
                 human_rate(p.rate_bps),
-                if p.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!("  ({})", p.detail)
-                }
+                detail_suffix(&p.detail)
             ));
         }
     }
@@ -122,11 +127,7 @@ pub fn job_detail(info: &JobInfo) -> String {
             human_bytes(s.bytes),
             s.segments,
             s.failures,
-            if s.detail.is_empty() {
-                String::new()
-            } else {
-                format!("  {}", s.detail)
-            }
+            detail_suffix(&s.detail)
         ));
     }
     out
