@@ -10,19 +10,7 @@ SIZE_MIB=${1:-1024}
 RUNS=${2:-3}
 WORK=${BENCH_DIR:-/tmp/arsnet-bench}
 
-if ! command -v aria2c >/dev/null || ! command -v nginx >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq aria2 nginx-light >/dev/null
-fi
-cargo build --release --locked -q -p arsnetd -p arsnetctl
-BIN=$PWD/target/release
-
-rm -rf "$WORK" && mkdir -p "$WORK/src"
-FILE=$WORK/src/payload.bin
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$FILE"
-SUM=$(b3sum --no-names "$FILE" 2>/dev/null || sha256sum "$FILE" | cut -d' ' -f1)
-hash() { b3sum --no-names "$1" 2>/dev/null || sha256sum "$1" | cut -d' ' -f1; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 PORTS=(); for _ in 1 2 3 4; do PORTS+=("$(free_port)"); done
 HPORTS=(); for _ in 1 2 3 4; do HPORTS+=("$(free_port)"); done
 
@@ -46,7 +34,7 @@ for run in $(seq 1 "$RUNS"); do
     "$BIN/arsnetctl" --socket "$WORK/cli.sock" fetch -o "$WORK/out" -a 127.0.0.1 -p "${PORTS[@]}" --wait -i 60 >/dev/null
     t1=$(date +%s.%N)
     secs=$(echo "$t1 - $t0" | bc)
-    [ "$(hash "$WORK/out/payload.bin")" = "$SUM" ] || { echo "MISMATCH"; exit 1; }
+    [ "$(verdict "$WORK/out/payload.bin")" = ok ] || { echo "MISMATCH"; exit 1; }
     printf 'arsnet  run %d: %d MiB in %.2f s = %.0f MB/s; peak RSS server %d MiB, client %d MiB\n' \
         "$run" "$SIZE_MIB" "$secs" "$(echo "$SIZE_MIB * 1.048576 / $secs" | bc -l)" \
         $(( $(peak_kib $SRV) / 1024 )) $(( $(peak_kib $CLI) / 1024 ))
@@ -68,7 +56,7 @@ for run in $(seq 1 "$RUNS"); do
         --check-certificate=false "${URLS[@]}"
     t1=$(date +%s.%N)
     secs=$(echo "$t1 - $t0" | bc)
-    [ "$(hash "$WORK/aria/payload.bin")" = "$SUM" ] || { echo "aria2 MISMATCH"; exit 1; }
+    [ "$(verdict "$WORK/aria/payload.bin")" = ok ] || { echo "aria2 MISMATCH"; exit 1; }
     printf 'aria2c  run %d: %d MiB in %.2f s = %.0f MB/s\n' "$run" "$SIZE_MIB" "$secs" \
         "$(echo "$SIZE_MIB * 1.048576 / $secs" | bc -l)"
 done

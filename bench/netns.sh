@@ -12,11 +12,7 @@ R=${2:-40}
 KILL=${3:-0}
 WORK=${BENCH_DIR:-/tmp/arsnet-netns}
 MULT=(1 2 4 8)
-if ! command -v aria2c >/dev/null || ! command -v nginx >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq aria2 nginx-light iproute2 >/dev/null
-fi
-cargo build --release --locked -q -p arsnetd -p arsnetctl
-BIN=$PWD/target/release
+source bench/lib.sh
 
 cleanup() {
     for k in 1 2 3 4; do ip netns pids "ars-s$k" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
@@ -27,11 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-
-rm -rf "$WORK" && mkdir -p "$WORK/src"
-FILE=$WORK/src/payload.bin
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$FILE"
-SUM=$(sha256sum "$FILE" | cut -d' ' -f1)
 
 ip netns add ars-c
 ip -n ars-c link set lo up
@@ -76,7 +67,7 @@ t0=$(date +%s.%N)
 "$BIN/arsnetctl" --socket "$WORK/c.sock" fetch -o "$WORK/out" "${SOURCES[@]}" --wait -i 60 >/dev/null
 t1=$(date +%s.%N)
 [ -z "$KILLER" ] || wait "$KILLER"
-[ "$(sha256sum "$WORK/out/payload.bin" | cut -d' ' -f1)" = "$SUM" ] || { echo MISMATCH; exit 1; }
+[ "$(verdict "$WORK/out/payload.bin")" = ok ] || { echo MISMATCH; exit 1; }
 secs=$(echo "$t1 - $t0" | bc)
 printf 'arsnet: %d MiB over links of %s x %d Mbit/s, kill=%s: %.2f s (ideal %.2f s, %.0f%%)\n' \
     "$SIZE_MIB" "${MULT[*]}" "$R" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)"
@@ -100,7 +91,7 @@ ip netns exec ars-c aria2c -q -d "$WORK/aria" ${ARIA2_OPTS:--s 4 -x 1 -k 1M} --f
     --allow-overwrite=true "${URLS[@]}" || true
 t1=$(date +%s.%N)
 [ -z "$KILLER" ] || wait "$KILLER"
-ok=$([ -f "$WORK/aria/payload.bin" ] && [ "$(sha256sum "$WORK/aria/payload.bin" | cut -d' ' -f1)" = "$SUM" ] && echo ok || echo FAILED)
+ok=$(verdict "$WORK/aria/payload.bin")
 secs=$(echo "$t1 - $t0" | bc)
 printf 'aria2c: %d MiB over links of %s x %d Mbit/s, kill=%s: %.2f s (ideal %.2f s, %.0f%%), result %s\n' \
     "$SIZE_MIB" "${MULT[*]}" "$R" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)" "$ok"

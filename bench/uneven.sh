@@ -9,16 +9,7 @@ SIZE_MIB=${1:-256}
 R_MIB=${2:-4}
 KILL=${3:-0}
 WORK=${BENCH_DIR:-/tmp/arsnet-uneven}
-if ! command -v aria2c >/dev/null || ! command -v nginx >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq aria2 nginx-light >/dev/null
-fi
-cargo build --release --locked -q -p arsnetd -p arsnetctl
-BIN=$PWD/target/release
-rm -rf "$WORK" && mkdir -p "$WORK/src"
-FILE=$WORK/src/payload.bin
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$FILE"
-SUM=$(sha256sum "$FILE" | cut -d' ' -f1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 R=$((R_MIB * 1024 * 1024))
 MULT=(1 2 4 8)
 # Ideal: all bandwidth used all the time. With KILL=1 the 8R server stops at half of the
@@ -50,7 +41,7 @@ t0=$(date +%s.%N)
 "$BIN/arsnetctl" --socket "$WORK/cli.sock" fetch -o "$WORK/out" -a 127.0.0.1 -p "${PORTS[@]}" --wait -i 60 >/dev/null
 t1=$(date +%s.%N)
 [ -z "$KILLER" ] || wait "$KILLER"
-[ "$(sha256sum "$WORK/out/payload.bin" | cut -d' ' -f1)" = "$SUM" ] || { echo MISMATCH; exit 1; }
+[ "$(verdict "$WORK/out/payload.bin")" = ok ] || { echo MISMATCH; exit 1; }
 secs=$(echo "$t1 - $t0" | bc)
 printf 'arsnet: %d MiB, servers %s x %d MiB/s, kill=%s: %.2f s (ideal %.2f s, %.0f%% of the sum of bandwidths)\n' \
     "$SIZE_MIB" "${MULT[*]}" "$R_MIB" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)"
@@ -79,7 +70,7 @@ t0=$(date +%s.%N)
 aria2c -q -d "$WORK/aria" ${ARIA2_OPTS:--s 4 -x 1 -k 1M} --file-allocation=none --allow-overwrite=true "${URLS[@]}" || true
 t1=$(date +%s.%N)
 [ -z "$KILLER" ] || wait "$KILLER"
-ok=$([ -f "$WORK/aria/payload.bin" ] && [ "$(sha256sum "$WORK/aria/payload.bin" | cut -d' ' -f1)" = "$SUM" ] && echo ok || echo FAILED)
+ok=$(verdict "$WORK/aria/payload.bin")
 secs=$(echo "$t1 - $t0" | bc)
 printf 'aria2c: %d MiB, servers %s x %d MiB/s, kill=%s: %.2f s (ideal %.2f s, %.0f%% of the sum of bandwidths), result %s\n' \
     "$SIZE_MIB" "${MULT[*]}" "$R_MIB" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)" "$ok"

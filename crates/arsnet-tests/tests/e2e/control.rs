@@ -484,15 +484,11 @@ fn unserve_removes_a_group_for_good() {
     assert!(is_listening(ports[0]));
     d.ok(&["unserve", &group.to_string()]);
     assert!(!is_listening(ports[0]) && !is_listening(ports[1]));
-    assert_eq!(d.json(&["servers"]), serde_json::json!([]));
+    d.assert_no_groups("no group");
     let again = d.ctl(&["unserve", &group.to_string()]);
     assert_eq!(again.status.code(), Some(1));
     d.restart();
-    assert_eq!(
-        d.json(&["servers"]),
-        serde_json::json!([]),
-        "not restored after restart"
-    );
+    d.assert_no_groups("not restored after restart");
 }
 
 #[test]

@@ -252,11 +252,7 @@ fn serve_refuses_bad_input_and_starts_nothing() {
             "{full:?} left a port listening"
         );
     }
-    assert_eq!(
-        d.json(&["servers"]),
-        serde_json::json!([]),
-        "no group was started"
-    );
+    d.assert_no_groups("no group was started");
 }
 
 #[test]
@@ -477,7 +473,7 @@ fn serve_refuses_an_unreadable_file() {
         "{stderr}"
     );
     assert!(!is_listening(ports[0]));
-    assert_eq!(d.json(&["servers"]), serde_json::json!([]));
+    d.assert_no_groups("no group");
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped (even on panic).

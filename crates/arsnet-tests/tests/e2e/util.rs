@@ -197,6 +197,11 @@ impl Daemon {
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
     }
 
+    /// Asserts that the daemon serves no group at all.
+    pub fn assert_no_groups(&self, why: &str) {
+        assert_eq!(self.json(&["servers"]), serde_json::json!([]), "{why}");
+    }
+
     pub fn status(&self, job: u64) -> Value {
         self.json(&["status", &job.to_string()])
     }
