@@ -52,6 +52,8 @@ impl From<arsnetd::client::ClientError> for Failure {
                     path.display()
                 ),
             ),
+            // Not our daemon: as good as none, and nothing was sent to it.
+            e @ ClientError::Untrusted { .. } => Failure::new(Exit::Unreachable, e.to_string()),
             ClientError::Frame(e) => Failure::new(Exit::Unreachable, format!("lost connection to arsnetd: {e}")),
             ClientError::Daemon(e) => Failure::new(Exit::Refused, e.message),
         }

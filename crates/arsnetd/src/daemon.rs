@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arsnet_proto::control::{GroupId, JobId, Update};
+use arsnet_proto::control::{ControlError, ErrorKind, GroupId, JobId, Update};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,10 +16,18 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::groups::GroupEntry;
 use crate::jobs::JobEntry;
-use crate::persist::{self, GroupRecord, JobRecord, Loaded, StateFile};
+use crate::persist::{self, GroupRecord, JobRecord, Loaded, SaveError, StateFile};
 
 /// How long a graceful stop waits for jobs to reach a durable point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// A request whose change could not be saved failed, whatever else it did: the caller
+/// must not believe it would survive a restart.
+impl From<SaveError> for ControlError {
+    fn from(e: SaveError) -> Self {
+        ControlError::new(ErrorKind::Internal, e.to_string())
+    }
+}
 
 pub(crate) struct Inner {
     pub next_job_id: JobId,
@@ -51,8 +59,11 @@ impl Daemon {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the job table and groups to disk. Called after every change.
-    pub(crate) fn persist(&self, inner: &Inner) {
+    /// Writes the job table and groups to disk. Called after every change; a request whose
+    /// change this could not save must be answered with the error (see [`SaveError`]'s
+    /// conversion to a `ControlError`). Every save writes everything, so the next one that
+    /// succeeds also saves what an earlier failed one could not.
+    pub(crate) fn persist(&self, inner: &Inner) -> Result<(), SaveError> {
         let state = StateFile {
             version: StateFile::default().version,
             next_job_id: inner.next_job_id,
@@ -79,8 +90,17 @@ impl Daemon {
                 .chain(inner.unrestored_groups.iter().cloned())
                 .collect(),
         };
-        if let Err(e) = persist::save(&self.state_dir, &state) {
-            error!(error = %e, dir = %self.state_dir.display(), "could not save daemon state");
+        persist::save(&self.state_dir, &state)
+    }
+
+    /// For changes nobody is waiting on (a job finishing, a queued job starting): there is
+    /// no one to answer, so say it loudly; the next change tries again.
+    pub(crate) fn persist_or_log(&self, inner: &Inner) {
+        if let Err(e) = self.persist(inner) {
+            error!(
+                error = %e,
+                "DAEMON STATE NOT SAVED: a restart now would lose this change; retrying on the next change"
+            );
         }
     }
 
@@ -128,6 +148,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let _lock = crate::lock::lock_state_dir(&state_dir)?;
+    // Before the socket exists: state that cannot be read stops the daemon right here.
+    let loaded = persist::load(&state_dir)?;
     let socket = config.socket_path();
     let control_group = match config.control_group.as_deref() {
         Some(name) => Some(
@@ -138,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let listener = crate::control::bind_socket(&socket, control_group.as_ref())?;
+    let bound = file_id(&socket);
 
     let (updates, _) = broadcast::channel(256);
     let daemon = Arc::new(Daemon {
@@ -156,7 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
         restore_notes: Mutex::new(Vec::new()),
     });
-    restore(&daemon).await;
+    restore(&daemon, loaded).await;
     info!(socket = %socket.display(), state_dir = %state_dir.display(), pid = std::process::id(), "arsnetd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -177,18 +200,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    let groups: Vec<_> = {
+    let (groups, saved) = {
         let inner = daemon.lock();
-        daemon.persist(&inner);
-        inner.groups.values().map(|g| g.group.clone()).collect()
+        let saved = daemon.persist(&inner);
+        (
+            inner
+                .groups
+                .values()
+                .map(|g| g.group.clone())
+                .collect::<Vec<_>>(),
+            saved,
+        )
     };
     for group in groups {
         group.shutdown().await;
     }
-    let _ = std::fs::remove_file(&socket);
+    // Only our own socket: whatever replaced it while we ran is not ours to delete.
+    if bound.is_some() && file_id(&socket) == bound {
+        let _ = std::fs::remove_file(&socket);
+    }
     signals.abort();
+    // The last state could not be saved: exit non-zero so that a supervisor notices.
+    saved.context("final save at shutdown")?;
     info!("arsnetd stopped");
     Ok(())
+}
+
+/// Device and inode of what is at `path` now (not following a symlink).
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 fn spawn_signal_handler(daemon: Arc<Daemon>) -> tokio::task::JoinHandle<()> {
@@ -213,16 +256,8 @@ fn spawn_signal_handler(daemon: Arc<Daemon>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Loads the state file and brings groups and jobs back.
-async fn restore(daemon: &Arc<Daemon>) {
-    let loaded = match persist::load(&daemon.state_dir) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            let note = format!("could not read saved state: {e}; starting empty");
-            daemon.note_restore_problem(note);
-            return;
-        }
-    };
+/// Brings groups and jobs back from what [`persist::load`] found.
+async fn restore(daemon: &Arc<Daemon>, loaded: Loaded) {
     let state = match loaded {
         Loaded::Fresh => return,
         Loaded::State(state) => state,
@@ -243,5 +278,5 @@ async fn restore(daemon: &Arc<Daemon>) {
     crate::groups::restore_groups(daemon, state.groups).await;
     crate::jobs::restore_jobs(daemon, state.jobs);
     let inner = daemon.lock();
-    daemon.persist(&inner);
+    daemon.persist_or_log(&inner);
 }

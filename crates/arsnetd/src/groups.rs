@@ -83,10 +83,28 @@ pub(crate) async fn serve(
     let group = ServerGroup::start(id, group_config(daemon, &spec))
         .await
         .map_err(serve_error)?;
-    spawn_status_pusher(daemon, &group, spec.status_interval_secs);
-    let mut inner = daemon.lock();
-    inner.groups.insert(id, GroupEntry { spec, group });
-    daemon.persist(&inner);
+    let interval = spec.status_interval_secs;
+    let saved = {
+        let mut inner = daemon.lock();
+        inner.groups.insert(
+            id,
+            GroupEntry {
+                spec,
+                group: group.clone(),
+            },
+        );
+        let saved = daemon.persist(&inner);
+        if saved.is_err() {
+            inner.groups.remove(&id);
+        }
+        saved
+    };
+    if let Err(e) = saved {
+        // Answered with an error, so it must not serve either (and not come back later).
+        group.shutdown().await;
+        return Err(e.into());
+    }
+    spawn_status_pusher(daemon, &group, interval);
     Ok(id)
 }
 
@@ -139,13 +157,14 @@ fn resolve(daemon: &Daemon, ports: &[u16]) -> Result<Vec<(Arc<ServerGroup>, u16)
         .collect()
 }
 
-/// Saves and announces the groups' new port states.
-fn ports_changed(daemon: &Daemon) {
+/// Saves and announces the groups' new port states; the error if they could not be saved.
+fn ports_changed(daemon: &Daemon) -> Result<(), ControlError> {
     let inner = daemon.lock();
-    daemon.persist(&inner);
+    let saved = daemon.persist(&inner);
     let groups: Vec<_> = inner.groups.values().map(|g| g.group.info()).collect();
     drop(inner);
     daemon.broadcast(Update::Groups(groups));
+    Ok(saved?)
 }
 
 /// `unserve`: stops every port of the group and forgets it (also on restart).
@@ -166,8 +185,7 @@ pub(crate) async fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlEr
     if let Some(entry) = removed {
         entry.group.shutdown().await;
     }
-    ports_changed(daemon);
-    Ok(())
+    ports_changed(daemon)
 }
 
 pub(crate) fn stop_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
@@ -176,8 +194,8 @@ pub(crate) fn stop_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlEr
         .iter()
         .try_for_each(|(g, p)| g.stop_port(*p))
         .map_err(serve_error);
-    ports_changed(daemon);
-    result
+    let saved = ports_changed(daemon);
+    result.and(saved)
 }
 
 pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), ControlError> {
@@ -189,8 +207,8 @@ pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), Co
             break;
         }
     }
-    ports_changed(daemon);
-    result
+    let saved = ports_changed(daemon);
+    result.and(saved)
 }
 
 /// Brings groups back after a restart. A port that cannot be bound is marked failed; a

@@ -159,6 +159,7 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
             .map(|(&id, _)| id);
         if let Some(existing) = existing {
             if spec.resume {
+                let mut saved = Ok(());
                 // Attaching to a job that is paused or failed means: continue it.
                 if let Some(entry) = inner.jobs.get_mut(&existing) {
                     if entry.live.is_none()
@@ -170,11 +171,12 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
                         entry.spec.metric_interval_secs = spec.metric_interval_secs;
                         entry.state = JobState::Queued;
                         entry.resume_next = true;
-                        daemon.persist(&inner);
+                        saved = daemon.persist(&inner);
                     }
                 }
                 drop(inner);
                 pump(daemon);
+                saved?;
                 return Ok((existing, true));
             }
             return Err(ControlError::new(
@@ -199,7 +201,11 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
         };
         let snapshot = entry.snapshot();
         inner.jobs.insert(id, entry);
-        daemon.persist(&inner);
+        if let Err(e) = daemon.persist(&inner) {
+            // Answered with an error, so it must not run either.
+            inner.jobs.remove(&id);
+            return Err(e.into());
+        }
         daemon.broadcast(Update::Job(snapshot));
         id
     };
@@ -228,7 +234,7 @@ pub(crate) fn pump(daemon: &Arc<Daemon>) {
     for (_, id) in queued.into_iter().take(free) {
         start(daemon, &mut inner, id);
     }
-    daemon.persist(&inner);
+    daemon.persist_or_log(&inner);
 }
 
 fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
@@ -303,7 +309,7 @@ async fn forward_updates(
                 if let Some(entry) = inner.jobs.get_mut(&id) {
                     entry.name = Some(name.clone());
                 }
-                daemon.persist(&inner);
+                daemon.persist_or_log(&inner);
             }
         }
         let changed = last_state.as_ref() != Some(&snapshot.state);
@@ -360,7 +366,7 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
         };
         info!(job = id, state = entry.state.label(), "job ended");
         let snapshot = entry.snapshot();
-        daemon.persist(&inner);
+        daemon.persist_or_log(&inner);
         snapshot
     };
     daemon.broadcast(Update::Job(snapshot));
@@ -372,8 +378,7 @@ pub(crate) fn pause(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError>
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
         live.raise(Intent::Pause, JobCommand::Stop);
-        daemon.persist(&inner);
-        return Ok(());
+        return Ok(daemon.persist(&inner)?);
     }
     match entry.state {
         JobState::Queued => entry.state = JobState::Paused,
@@ -385,14 +390,14 @@ pub(crate) fn pause(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError>
         }
     }
     let snapshot = entry.snapshot();
-    daemon.persist(&inner);
+    let saved = daemon.persist(&inner);
     drop(inner);
     daemon.broadcast(Update::Job(snapshot));
-    Ok(())
+    Ok(saved?)
 }
 
 pub(crate) fn resume(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError> {
-    {
+    let saved = {
         let mut inner = daemon.lock();
         let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
         match (&entry.state, &entry.live) {
@@ -408,11 +413,12 @@ pub(crate) fn resume(daemon: &Arc<Daemon>, id: JobId) -> Result<(), ControlError
             }
         }
         let snapshot = entry.snapshot();
-        daemon.persist(&inner);
+        let saved = daemon.persist(&inner);
         daemon.broadcast(Update::Job(snapshot));
-    }
+        saved
+    };
     pump(daemon);
-    Ok(())
+    Ok(saved?)
 }
 
 pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), ControlError> {
@@ -420,8 +426,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
     let entry = inner.jobs.get_mut(&id).ok_or_else(|| not_found(id))?;
     if let Some(live) = &mut entry.live {
         live.raise(Intent::Cancel { keep }, JobCommand::Cancel { keep });
-        daemon.persist(&inner);
-        return Ok(());
+        return Ok(daemon.persist(&inner)?);
     }
     if matches!(entry.state, JobState::Completed | JobState::Cancelled) {
         return Err(bad(format!(
@@ -434,10 +439,10 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
     }
     entry.state = JobState::Cancelled;
     let snapshot = entry.snapshot();
-    daemon.persist(&inner);
+    let saved = daemon.persist(&inner);
     drop(inner);
     daemon.broadcast(Update::Job(snapshot));
-    Ok(())
+    Ok(saved?)
 }
 
 /// Removes a job's partial files (journal first, so a crash half way leaves nothing that

@@ -3,10 +3,15 @@
 //! runtime and state dirs (via `directories`), with `$ARSNET_SOCKET` and systemd's
 //! `$STATE_DIRECTORY` honoured. Both binaries call the same functions so they always agree.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the socket path for both binaries.
 pub const SOCKET_ENV: &str = "ARSNET_SOCKET";
+
+/// The system service's runtime directory (systemd's `RuntimeDirectory=arsnet`, created
+/// for the service's `User=`); its owner is the one non-root user every client trusts.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/arsnet";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -23,7 +28,7 @@ pub fn default_socket() -> PathBuf {
         return PathBuf::from(path);
     }
     if is_root() {
-        return PathBuf::from("/run/arsnet/arsnetd.sock");
+        return Path::new(SYSTEM_RUNTIME_DIR).join("arsnetd.sock");
     }
     if let Some(dir) = project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf())) {
         return dir.join("arsnetd.sock");
@@ -40,6 +45,15 @@ pub fn default_socket() -> PathBuf {
     std::env::temp_dir()
         .join(format!("arsnet-{uid}"))
         .join("arsnetd.sock")
+}
+
+/// The uid the system service runs as: the owner of [`SYSTEM_RUNTIME_DIR`], if it is a
+/// real directory (only root can create it in /run, so its owner was chosen by root).
+pub fn system_service_uid() -> Option<u32> {
+    std::fs::symlink_metadata(SYSTEM_RUNTIME_DIR)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| m.uid())
 }
 
 /// The default state directory.

@@ -1,6 +1,8 @@
 //! The daemon's durable state: the job table and the server groups, in one JSON file in the
 //! state dir, rewritten atomically (temp file, fsync, rename, directory fsync) on every
-//! change. A file that cannot be read back is moved aside, never deleted, and reported.
+//! change. A file that cannot be parsed is moved aside, never deleted, and reported; one
+//! that cannot be read at all (permissions, a directory in its place) stops the daemon, so
+//! that its first save does not overwrite state it never saw.
 
 use std::fs::File;
 use std::io::Write;
@@ -54,42 +56,114 @@ impl Default for StateFile {
     }
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+/// A state change that could not be written: the state file on disk is the previous one.
+#[derive(Debug, thiserror::Error)]
+#[error("could not save daemon state to {}: {step}: {error}", path.display())]
+pub struct SaveError {
+    pub path: PathBuf,
+    /// What failed, naming the file it failed on (the temp file, the directory…).
+    pub step: String,
+    pub error: std::io::Error,
 }
 
-pub fn save(dir: &Path, state: &StateFile) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    write_atomic(&dir.join(STATE_FILE), &bytes)
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let fail = |step: String| {
+        let path = path.to_path_buf();
+        move |error| SaveError { path, step, error }
+    };
+    let written = File::create(&tmp)
+        .map_err(fail(format!("creating {}", tmp.display())))
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(fail(format!("writing {}", tmp.display())))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(fail(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                path.display()
+            )))
+        });
+    if let Err(e) = written {
+        // A half-written temp file is of no use to anyone; the real file is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail(format!("syncing directory {}", dir.display())))
+}
+
+pub fn save(dir: &Path, state: &StateFile) -> Result<(), SaveError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| SaveError {
+        path: path.clone(),
+        step: "encoding".into(),
+        error: std::io::Error::other(e),
+    })?;
+    write_atomic(&path, &bytes)
 }
 
 /// What loading the state file found.
 pub enum Loaded {
     Fresh,
     State(StateFile),
-    /// Unreadable: it was moved to `kept_at`; `reason` says what was wrong.
+    /// Unparseable: it was moved to `kept_at`; `reason` says what was wrong.
     Corrupt {
         reason: String,
         kept_at: PathBuf,
     },
 }
 
-pub fn load(dir: &Path) -> std::io::Result<Loaded> {
+/// State that exists but could not be read, or not be kept aside: the daemon must not
+/// start, as its first save would overwrite it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "cannot read saved state {}: {error}; refusing to start so that it is not \
+         overwritten (fix its permissions, or move it away to start empty)",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "saved state {} is unparseable ({reason}) and could not be kept aside as {}: {error}; \
+         refusing to start so that it is not overwritten",
+        path.display(),
+        kept_at.display()
+    )]
+    KeepAside {
+        path: PathBuf,
+        kept_at: PathBuf,
+        reason: String,
+        error: std::io::Error,
+    },
+}
+
+/// Reads the state file. Only a missing file means "fresh"; any other I/O error is an
+/// error (never "start empty"), and an unparseable file is moved aside, not deleted.
+pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
     let path = dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
-        Err(e) => return Err(e),
+    let read_error = |error| LoadError::Read {
+        path: path.clone(),
+        error,
     };
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
+        Err(e) => return Err(read_error(e)),
+        // A FIFO or device would block or never end: not ours to read.
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            return Err(read_error(std::io::Error::other("not a regular file")))
+        }
+        Ok(_) => {}
+    }
+    let bytes = std::fs::read(&path).map_err(read_error)?;
     let parsed: Result<StateFile, String> = serde_json::from_slice(&bytes)
         .map_err(|e| e.to_string())
         .and_then(|s: StateFile| {
@@ -102,14 +176,35 @@ pub fn load(dir: &Path) -> std::io::Result<Loaded> {
     match parsed {
         Ok(state) => Ok(Loaded::State(state)),
         Err(reason) => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let kept_at = dir.join(format!("{STATE_FILE}.corrupt-{stamp}"));
-            std::fs::rename(&path, &kept_at)?;
-            Ok(Loaded::Corrupt { reason, kept_at })
+            let kept_at = free_corrupt_name(dir);
+            // The state dir is locked by this daemon, so the name stays free until renamed.
+            match std::fs::rename(&path, &kept_at) {
+                Ok(()) => Ok(Loaded::Corrupt { reason, kept_at }),
+                Err(error) => Err(LoadError::KeepAside {
+                    path,
+                    kept_at,
+                    reason,
+                    error,
+                }),
+            }
         }
     }
+}
+
+/// `state.json.corrupt-SECS`, with `-N` added if an earlier file (same second) has it:
+/// a rename must never replace an older kept-aside copy.
+fn free_corrupt_name(dir: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = format!("{STATE_FILE}.corrupt-{stamp}");
+    let mut candidate = dir.join(&base);
+    let mut n = 1u32;
+    while std::fs::symlink_metadata(&candidate).is_ok() {
+        candidate = dir.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
 }
 
 #[cfg(test)]
@@ -138,5 +233,49 @@ mod tests {
             }
             _ => panic!("expected corrupt"),
         }
+        // A second corrupt file in the same second does not replace the first one kept.
+        std::fs::write(dir.path().join(STATE_FILE), b"also broken").unwrap();
+        let Ok(Loaded::Corrupt {
+            kept_at: second, ..
+        }) = load(dir.path())
+        else {
+            panic!("expected corrupt");
+        };
+        let kept: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(kept.len(), 2, "both kept");
+        assert_eq!(std::fs::read(&second).unwrap(), b"also broken");
+    }
+
+    #[test]
+    fn state_that_cannot_be_read_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
+        let err = load(dir.path()).err().expect("a directory is not state");
+        assert!(matches!(err, LoadError::Read { .. }));
+        assert!(err.to_string().contains(STATE_FILE), "{err}");
+        assert!(dir.path().join(STATE_FILE).is_dir());
+    }
+
+    #[test]
+    fn a_failed_save_names_the_file_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &StateFile::default()).unwrap();
+        let before = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        // A directory where the temp file goes fails for root too.
+        std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
+        let err = save(
+            dir.path(),
+            &StateFile {
+                next_job_id: 9,
+                ..StateFile::default()
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(STATE_FILE) && text.contains("state.tmp"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(dir.path().join(STATE_FILE)).unwrap(), before);
     }
 }

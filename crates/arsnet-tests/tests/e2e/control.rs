@@ -332,10 +332,11 @@ fn socket_is_private_and_other_users_are_refused() {
     let d = Daemon::start(&tmp.path().join("d"));
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    // Open everything up, then connect as nobody: the uid check must still refuse.
+    // Open the socket to everyone (and its directories to traversal; a writable one would
+    // make the client refuse it), then connect as nobody: the uid check must still refuse.
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     for dir in [tmp.path(), d.root.as_path()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let ctl = tmp.path().join("arsnetctl");
     std::fs::copy(bin("arsnetctl"), &ctl).unwrap();

@@ -4,4 +4,5 @@
 mod control;
 mod engine;
 mod faulty;
+mod socket_trust;
 mod util;

@@ -164,10 +164,21 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Runs `arsnetctl --socket S ARGS...`.
+    /// Runs `arsnetctl --socket S ARGS...`, as the daemon's uid when it runs as another
+    /// user (a client trusts only a daemon of its own uid, root or the system service).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("arsnetctl"))
-            .arg("--socket")
+        let mut cmd = match self.as_uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(bin("arsnetctl"));
+                c
+            }
+            None => Command::new(bin("arsnetctl")),
+        };
+        cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
             .stdin(Stdio::null())

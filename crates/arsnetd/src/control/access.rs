@@ -131,7 +131,8 @@ fn member_of(uid: u32, gid: u32, group: &ControlGroup) -> bool {
 }
 
 /// Refuses a socket directory that someone else could tamper with: it must belong to us
-/// (or root) and, if group- or world-writable, carry the sticky bit (like /tmp).
+/// (or root) and be writable by no one else. Not even with the sticky bit (like /tmp):
+/// clients refuse such a directory, so a daemon there could never be talked to.
 pub fn check_dir_is_safe(dir: &Path) -> Result<(), String> {
     // Not following a symlink: whoever owns it could re-point it later.
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -149,7 +150,7 @@ pub fn check_dir_is_safe(dir: &Path) -> Result<(), String> {
             meta.uid()
         ));
     }
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    if mode & 0o022 != 0 {
         return Err(format!(
             "{} is writable by others (mode {:o}): refusing to put the control socket there",
             dir.display(),
@@ -196,7 +197,15 @@ mod tests {
             .unwrap_err()
             .contains("writable by others"));
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(check_dir_is_safe(dir.path()).is_ok(), "sticky like /tmp");
+        assert!(
+            check_dir_is_safe(dir.path()).is_err(),
+            "sticky like /tmp: clients would refuse it"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(
+            check_dir_is_safe(dir.path()).is_ok(),
+            "control_group's mode"
+        );
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/", &link).unwrap();
         assert!(check_dir_is_safe(&link)

@@ -7,9 +7,10 @@ mod access;
 pub mod frame;
 mod handler;
 
+pub(crate) use access::own_uid;
 pub use access::{resolve_group, ControlGroup};
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub enum SocketError {
     InUse(String),
     #[error("unsafe control socket directory: {0}")]
     Unsafe(String),
+    #[error("{path} exists and is {kind}, not a socket: refusing to replace it (choose another --socket)")]
+    NotASocket { path: String, kind: &'static str },
     #[error("cannot set up control socket {path}: {source}")]
     Io {
         path: String,
@@ -38,7 +41,7 @@ pub enum SocketError {
 
 /// Creates the socket's directory (0700, or 0750 for a control group) and binds the socket
 /// (0600, or 0660 for a control group). A socket file left by a crashed daemon (nobody
-/// accepts on it) is replaced; a live one is an error. An existing directory must be safe
+/// accepts on it) is replaced; a live one is an error, and so is anything but a socket. An existing directory must be safe
 /// (ours, not writable by others).
 pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, SocketError> {
     let shown = path.display().to_string();
@@ -65,14 +68,26 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
             }
         }
     }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(shown)),
-            Err(_) => {
-                info!(socket = %shown, "removing stale socket left by a previous daemon");
-                std::fs::remove_file(path).map_err(io)?;
+    // Only a socket is ever removed as stale: `--socket` pointing at a user's file (or a
+    // symlink to one, or a directory) must not cost them that file.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(SocketError::InUse(shown)),
+                Err(_) => {
+                    info!(socket = %shown, "removing stale socket left by a previous daemon");
+                    std::fs::remove_file(path).map_err(io)?;
+                }
             }
         }
+        Ok(meta) => {
+            return Err(SocketError::NotASocket {
+                path: shown,
+                kind: describe(meta.file_type()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     match group {
@@ -82,6 +97,18 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
         }
     }
     Ok(listener)
+}
+
+fn describe(kind: std::fs::FileType) -> &'static str {
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
 }
 
 /// Accepts control connections until the daemon shuts down.
