@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{CONTROL_VERSION, MAX_CONTROL_FRAME};
+use crate::manifest::{Digest, JobTag};
 
 /// Identifies a download job within one daemon.
 pub type JobId = u64;
@@ -73,6 +74,19 @@ pub struct FetchSpec {
     pub resume: bool,
     pub overwrite: bool,
     pub metric_interval_secs: u64,
+    /// The content the user pinned, if any (`--blake3` / `--sha256`).
+    #[serde(default)]
+    pub pin: Option<Pin>,
+}
+
+/// A digest the user computed with a standard tool, naming the content they mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pin {
+    /// The file's BLAKE3 hash, as `b3sum` prints it: only servers announcing it are used.
+    Blake3(Digest),
+    /// The file's SHA-256, as `sha256sum` prints it: checked on the finished file before it
+    /// is published.
+    Sha256(Digest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +128,9 @@ pub enum Response {
 
 /// A pushed update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Updates are built, encoded and dropped at once; boxing the common variant would only add
+// an allocation per update.
+#[allow(clippy::large_enum_variant)]
 pub enum Update {
     Job(JobInfo),
     Groups(Vec<GroupInfo>),
@@ -207,6 +224,13 @@ pub struct JobInfo {
     pub rate_bps: u64,
     pub elapsed_ms: u64,
     pub sources: Vec<SourceInfo>,
+    /// The accepted content's BLAKE3 hash (what `b3sum` prints for the finished file).
+    #[serde(default)]
+    pub content: Option<Digest>,
+    /// Inside the daemon only (never sent): the tag of the partial files the job holds, so
+    /// that the job table follows a job that continued an orphaned partial download.
+    #[serde(skip)]
+    pub owner_tag: Option<JobTag>,
 }
 
 /// One virtual server (one port) of a group.
@@ -229,6 +253,8 @@ pub struct GroupInfo {
     pub file: PathBuf,
     pub name: String,
     pub size: u64,
+    /// The served content's BLAKE3 hash (what `b3sum FILE` prints): what clients may pin.
+    pub blake3: Digest,
     pub bind: String,
     pub ports: Vec<PortInfo>,
 }
@@ -311,6 +337,7 @@ mod tests {
                 resume: true,
                 overwrite: false,
                 metric_interval_secs: 1,
+                pin: Some(Pin::Sha256([3; 32])),
             }),
         };
         let frame = encode_frame(&msg).unwrap();

@@ -1,4 +1,4 @@
-//! ArsNet protocol definitions: the client ↔ virtual-server wire protocol (v1), the
+//! ArsNet protocol definitions: the client ↔ virtual-server wire protocol (v2), the
 //! `arsnetctl` ↔ `arsnetd` control protocol, and every limit both enforce.
 //!
 //! This crate is pure: no I/O, no clock, no allocation sized by untrusted input. Drivers read
@@ -12,5 +12,5 @@ pub mod manifest;
 pub mod name;
 pub mod wire;
 
-pub use manifest::{Digest, Manifest, ManifestError};
+pub use manifest::{Digest, JobTag, Manifest, ManifestError};
 pub use name::{validate_file_name, NameError};

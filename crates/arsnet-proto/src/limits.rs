@@ -3,10 +3,11 @@
 
 /// Magic number opening the wire hello and header: ASCII "ARSN".
 pub const WIRE_MAGIC: u32 = 0x4152_534E;
-/// The wire protocol version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// The wire protocol version this build speaks. Version 2: the root is the file's real BLAKE3
+/// hash and segment digests are BLAKE3 chaining values (version 1 used a private root).
+pub const WIRE_VERSION: u16 = 2;
 
-/// Smallest segment size a header may announce (bytes).
+/// Smallest segment size a header may announce (bytes). Segment sizes are powers of two.
 pub const MIN_SEGMENT_SIZE: u32 = 4 * 1024;
 /// Largest segment size a header may announce (bytes). Also bounds a segment body, and so
 /// the largest buffer a client allocates for one segment.

@@ -1,6 +1,13 @@
 //! The manifest: what a served file is (name, size, segment layout) and what its content must
-//! hash to (a BLAKE3 digest per segment and a root over them). Servers build it, send it in
-//! the wire header, and clients compare it across servers and keep it in their journal.
+//! hash to. The root is the file's real BLAKE3 hash, the very digest `b3sum FILE` prints, so
+//! a user can pin a download to it with a standard tool. Each segment's digest is the BLAKE3
+//! chaining value of that segment as a subtree of the file's hash tree (blake3's `hazmat`
+//! module), so every segment stays verifiable on its own and the digests combine into the
+//! root. That needs power-of-two segment sizes (segments are then whole subtrees). A file of
+//! one segment has the root itself as its only digest. Servers build the manifest, send it
+//! in the wire header, and clients compare it across servers and keep it in their journal.
+
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 
 use crate::limits::{
     DEFAULT_SEGMENT_SIZE, MAX_SEGMENTS, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, TARGET_MAX_SEGMENTS,
@@ -10,15 +17,16 @@ use crate::name::{validate_file_name, NameError};
 /// A BLAKE3 digest.
 pub type Digest = [u8; 32];
 
-/// Domain separator hashed into every root so that a root cannot be confused with a digest.
-const ROOT_CONTEXT: &[u8] = b"arsnet-root-v1";
+/// A random value naming one download job: its partial files carry it, so that no other
+/// job adopts or removes them.
+pub type JobTag = [u8; 16];
 
 /// Why a manifest is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("unsafe file name: {0}")]
     Name(#[from] NameError),
-    #[error("segment size {0} is outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}")]
+    #[error("segment size {0} is not a power of two in {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}")]
     SegmentSize(u32),
     #[error("segment count {count} does not match size {size} with segment size {segment_size}")]
     SegmentCount {
@@ -85,27 +93,72 @@ impl Manifest {
 
     /// True when `data` is exactly segment `index`'s content.
     pub fn verify_segment(&self, index: u64, data: &[u8]) -> bool {
-        match self.digests.get(index as usize) {
-            Some(expected) => digest_segment(data) == *expected,
-            None => false,
+        let Some(mut hasher) = self.segment_hasher(index) else {
+            return false;
+        };
+        if data.len() as u64 != u64::from(self.segment_range(index).1) {
+            return false;
         }
+        hasher.update(data);
+        self.check_segment(index, &hasher)
     }
 
-    /// A digest identifying the whole download: name and root (which covers size, segment
-    /// size and every digest). Two servers agree iff their identities are equal.
+    /// A hasher positioned for segment `index` (None when out of range): feed it exactly the
+    /// segment's bytes (never more: BLAKE3 panics past a subtree's end), then
+    /// [`Manifest::check_segment`]. Lets a connection hash bytes as they arrive.
+    pub fn segment_hasher(&self, index: u64) -> Option<blake3::Hasher> {
+        if index >= self.segment_count() {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        if self.segment_count() > 1 {
+            hasher.set_input_offset(self.segment_range(index).0);
+        }
+        Some(hasher)
+    }
+
+    /// True when `hasher` (from [`Manifest::segment_hasher`], fed the segment's bytes) matches
+    /// segment `index`'s digest.
+    pub fn check_segment(&self, index: u64, hasher: &blake3::Hasher) -> bool {
+        let Some(expected) = self.digests.get(index as usize) else {
+            return false;
+        };
+        if hasher.count() != u64::from(self.segment_range(index).1) {
+            return false;
+        }
+        segment_digest_of(hasher, self.segment_count()) == *expected
+    }
+
+    /// What two servers must agree on to serve segments of one download: name, size,
+    /// segment size and root (which covers every digest). Two servers agree iff their
+    /// identities are equal.
     pub fn identity(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"arsnet-identity-v1");
+        hasher.update(b"arsnet-identity-v2");
         hasher.update(&(self.name.len() as u64).to_be_bytes());
         hasher.update(self.name.as_bytes());
+        hasher.update(&self.size.to_be_bytes());
+        hasher.update(&self.segment_size.to_be_bytes());
         hasher.update(&self.root);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// The digest of a segment from its finished hasher: the chaining value when the file has
+/// several segments, the root hash when the segment is the whole file.
+fn segment_digest_of(hasher: &blake3::Hasher, segment_count: u64) -> Digest {
+    if segment_count > 1 {
+        hasher.finalize_non_root()
+    } else {
         *hasher.finalize().as_bytes()
     }
 }
 
 /// Checks that `count` is the right number of segments for the layout, within limits.
 pub fn check_layout(size: u64, segment_size: u32, count: u64) -> Result<(), ManifestError> {
-    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size)
+        || !segment_size.is_power_of_two()
+    {
         return Err(ManifestError::SegmentSize(segment_size));
     }
     let expected = segment_count(size, segment_size);
@@ -146,21 +199,86 @@ pub fn choose_segment_size(size: u64) -> u32 {
     segment_size
 }
 
-/// BLAKE3 of one segment's bytes.
-pub fn digest_segment(data: &[u8]) -> Digest {
-    *blake3::hash(data).as_bytes()
+/// The digest of segment `index` of a file of `size` bytes cut into `segment_size` segments
+/// (`data` must be that whole segment): its BLAKE3 chaining value, or the root hash when the
+/// file has one segment.
+pub fn digest_segment(size: u64, segment_size: u32, index: u64, data: &[u8]) -> Digest {
+    let count = segment_count(size, segment_size);
+    let mut hasher = blake3::Hasher::new();
+    if count > 1 {
+        hasher.set_input_offset(segment_range(size, segment_size, index).0);
+    }
+    hasher.update(data);
+    segment_digest_of(&hasher, count)
 }
 
-/// The root: BLAKE3 over a context string, the size, the segment size and every digest.
+/// Every segment digest of `data` held in memory (tests and tools; servers hash files with
+/// [`digest_segment`] segment by segment).
+pub fn digest_all(data: &[u8], segment_size: u32) -> Vec<Digest> {
+    let size = data.len() as u64;
+    data.chunks(segment_size.max(1) as usize)
+        .enumerate()
+        .map(|(i, chunk)| digest_segment(size, segment_size, i as u64, chunk))
+        .collect()
+}
+
+/// The root: the file's BLAKE3 hash (what `b3sum` prints), combined from the segment digests
+/// along BLAKE3's tree (the left subtree holds the largest power of two of segments that is
+/// smaller than the count). An empty file's root is the hash of nothing. A digest list that
+/// does not fit the layout gives a root no honest file has (validate() refuses it first).
 pub fn compute_root(size: u64, segment_size: u32, digests: &[Digest]) -> Digest {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(ROOT_CONTEXT);
-    hasher.update(&size.to_be_bytes());
-    hasher.update(&segment_size.to_be_bytes());
-    for digest in digests {
-        hasher.update(digest);
+    if segment_count(size, segment_size) != digests.len() as u64 {
+        return [0u8; 32];
     }
-    *hasher.finalize().as_bytes()
+    match digests {
+        [] => *blake3::hash(&[]).as_bytes(),
+        [only] => *only,
+        _ => {
+            let (left, right) = digests.split_at(left_subtree_segments(digests.len()));
+            *merge_subtrees_root(&subtree(left), &subtree(right), Mode::Hash).as_bytes()
+        }
+    }
+}
+
+/// The largest power of two smaller than `count` (≥ 2): how many segments the left subtree
+/// holds. Segments are power-of-two multiples of BLAKE3's chunk, so this matches BLAKE3's own
+/// split of the file.
+fn left_subtree_segments(count: usize) -> usize {
+    (count / 2 + count % 2)
+        .next_power_of_two()
+        .min(count - 1)
+        .max(1)
+}
+
+/// The chaining value of a non-root subtree made of `digests` (at least one).
+fn subtree(digests: &[Digest]) -> Digest {
+    match digests {
+        [] => [0u8; 32],
+        [only] => *only,
+        _ => {
+            let (left, right) = digests.split_at(left_subtree_segments(digests.len()));
+            merge_subtrees_non_root(&subtree(left), &subtree(right), Mode::Hash)
+        }
+    }
+}
+
+/// Lower-case hex of a digest, as `b3sum` and `sha256sum` print it.
+pub fn to_hex(digest: &Digest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses 64 hex digits (either case) into a digest.
+pub fn from_hex(text: &str) -> Option<Digest> {
+    let bytes = text.trim().as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *slot = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -168,11 +286,60 @@ mod tests {
     use super::*;
 
     fn manifest_for(data: &[u8], segment_size: u32) -> Manifest {
+        let size = data.len() as u64;
         let digests = data
             .chunks(segment_size as usize)
-            .map(digest_segment)
+            .enumerate()
+            .map(|(i, chunk)| digest_segment(size, segment_size, i as u64, chunk))
             .collect();
-        Manifest::new("f".into(), data.len() as u64, segment_size, digests).unwrap()
+        Manifest::new("f".into(), size, segment_size, digests).unwrap()
+    }
+
+    #[test]
+    fn root_is_the_files_blake3_hash() {
+        // Around every interesting boundary: empty, one segment, exact powers of two of
+        // segments, one byte over, and uneven counts whose tree is lopsided.
+        let data: Vec<u8> = (0..(40 * 4096 + 17) as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for len in [
+            0usize,
+            1,
+            4095,
+            4096,
+            4097,
+            8192,
+            3 * 4096,
+            5 * 4096 + 1,
+            16 * 4096,
+            33 * 4096 - 5,
+            data.len(),
+        ] {
+            let slice = &data[..len];
+            for segment_size in [4096u32, 8192, 65536] {
+                let m = manifest_for(slice, segment_size);
+                assert_eq!(
+                    m.root,
+                    *blake3::hash(slice).as_bytes(),
+                    "len {len} seg {segment_size}"
+                );
+                for i in 0..m.segment_count() {
+                    let (offset, l) = m.segment_range(i);
+                    let seg = &slice[offset as usize..offset as usize + l as usize];
+                    assert!(m.verify_segment(i, seg));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let d = *blake3::hash(b"x").as_bytes();
+        assert_eq!(from_hex(&to_hex(&d)), Some(d));
+        assert_eq!(from_hex(&to_hex(&d).to_uppercase()), Some(d));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex(&"zz".repeat(32)), None);
+        assert_eq!(from_hex(&"é".repeat(32)), None);
     }
 
     #[test]
@@ -215,5 +382,7 @@ mod tests {
         assert!(check_layout(10_000, 4096, 2).is_err());
         assert!(check_layout(u64::MAX, MAX_SEGMENT_SIZE, 0).is_err());
         assert!(check_layout(10_000, 4096, 3).is_ok());
+        // Segments must be whole BLAKE3 subtrees: powers of two only.
+        assert!(check_layout(10_000, 6144, 2).is_err());
     }
 }

@@ -541,7 +541,12 @@ mod tests {
     #[test]
     fn manifest_round_trip_in_chunks() {
         let data = vec![7u8; 4096 * 5000 + 3];
-        let digests: Vec<_> = data.chunks(4096).map(digest_segment).collect();
+        let size = data.len() as u64;
+        let digests: Vec<_> = data
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, c)| digest_segment(size, 4096, i as u64, c))
+            .collect();
         let manifest = Manifest::new("big.img".into(), data.len() as u64, 4096, digests).unwrap();
         let mut buf = Vec::new();
         encode_manifest(&manifest, &mut buf);
@@ -606,7 +611,8 @@ mod tests {
             size: 4096,
             segment_size: 4096,
             segment_count: 1,
-            root: [0; 32],
+            // A one-segment file's root is its only digest: make them differ.
+            root: [1; 32],
         };
         let mut a = ManifestAssembler::new(header);
         assert!(matches!(

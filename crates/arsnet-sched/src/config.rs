@@ -21,6 +21,10 @@ pub struct Config {
     /// How many connections may fetch the same segment during endgame. Values below 1 behave
     /// as 1 (no duplication).
     pub max_copies: usize,
+    /// Without a pin, how long after the first header the scheduler waits for the other
+    /// servers' headers before the strict majority of those that answered decides the
+    /// content (it decides earlier once every server answered or failed).
+    pub election_window: Duration,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(30),
             endgame: true,
             max_copies: 2,
+            election_window: Duration::from_secs(3),
         }
     }
 }

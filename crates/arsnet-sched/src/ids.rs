@@ -10,12 +10,24 @@ pub type ServerId = usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// Identity of the content: how many segments it has and a fingerprint the driver computes
-/// (name + root digest). Two servers serve the same file exactly when their layouts are equal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Identity of the content: how many segments it has, a fingerprint the driver computes
+/// (name, size, segment size and root) and the content digest itself (the file's hash, which
+/// a user may pin). Two servers serve the same download exactly when their layouts are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Layout {
     /// Number of segments; segments are numbered `0..segment_count`.
     pub segment_count: u64,
-    /// Driver-computed digest of the content identity.
+    /// Driver-computed digest of the whole download identity.
     pub fingerprint: [u8; 32],
+    /// The content's digest (what a pin names).
+    pub content: [u8; 32],
+}
+
+/// The servers that announced one content during an election that had no strict majority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentVotes {
+    /// The content digest they announced.
+    pub content: [u8; 32],
+    /// Who announced it, in server order.
+    pub servers: Vec<ServerId>,
 }

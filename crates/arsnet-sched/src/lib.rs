@@ -25,7 +25,7 @@
 //! use std::time::Duration;
 //! use arsnet_sched::{Action, Config, Layout, Phase, Scheduler, SegmentVerdict};
 //!
-//! let layout = Layout { segment_count: 2, fingerprint: [0; 32] };
+//! let layout = Layout { segment_count: 2, fingerprint: [0; 32], content: [0; 32] };
 //! let mut sched = Scheduler::new(Config::default(), 1, Duration::ZERO);
 //! let mut now = Duration::ZERO;
 //! while sched.phase() != Phase::Complete {
@@ -63,6 +63,6 @@ mod status;
 
 pub use action::{Action, DropReason, SegmentVerdict};
 pub use config::Config;
-pub use ids::{ConnId, Layout, ServerId};
+pub use ids::{ConnId, ContentVotes, Layout, ServerId};
 pub use scheduler::{Scheduler, ALL_BLAMED, NO_SERVERS};
 pub use status::{Phase, ServerState, ServerStats};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::action::{Action, DropReason, SegmentVerdict};
 use crate::config::Config;
-use crate::ids::{ConnId, Layout, ServerId};
+use crate::ids::{ConnId, ContentVotes, Layout, ServerId};
 use crate::segments::SegmentTable;
 use crate::servers::{Servers, Slot};
 use crate::status::{Phase, ServerState, ServerStats};
@@ -29,6 +29,20 @@ static UNKNOWN_SERVER: ServerState = ServerState::Idle;
 struct Job {
     layout: Layout,
     segments: SegmentTable,
+}
+
+/// Headers collected while no content is accepted yet and no pin decides: the servers that
+/// answered, each kept connected but idle until the strict majority of them is known.
+#[derive(Debug)]
+struct Election {
+    /// When the window closes (set by the first header).
+    deadline: Duration,
+    votes: Vec<(ServerId, Layout)>,
+}
+
+/// Lower-case hex of a digest, as `b3sum` prints it.
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How a dropped connection's server continues.
@@ -52,6 +66,11 @@ pub struct Scheduler {
     /// Something became available (Missing or duplicable) since hungry servers were served.
     dispatch_pending: bool,
     complete: bool,
+    /// The content a user pinned: only headers announcing it are accepted.
+    pin: Option<[u8; 32]>,
+    election: Option<Election>,
+    /// Set when an election found no strict majority.
+    disagreement: Option<Vec<ContentVotes>>,
 }
 
 impl Scheduler {
@@ -66,6 +85,9 @@ impl Scheduler {
             hungry: BTreeSet::new(),
             dispatch_pending: false,
             complete: false,
+            pin: None,
+            election: None,
+            disagreement: None,
         };
         for server in 0..servers {
             scheduler.connect(server, now);
@@ -92,6 +114,9 @@ impl Scheduler {
             hungry: BTreeSet::new(),
             dispatch_pending: false,
             complete: false,
+            pin: None,
+            election: None,
+            disagreement: None,
         };
         scheduler.settle(now);
         if !scheduler.complete {
@@ -102,6 +127,12 @@ impl Scheduler {
         scheduler
     }
 
+    /// Accept only content whose digest is `content` (a user's pin): headers announcing
+    /// anything else blame their server, and no election is held. Call before any header.
+    pub fn pin(&mut self, content: [u8; 32]) {
+        self.pin = Some(content);
+    }
+
     /// The configuration this scheduler runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -109,32 +140,153 @@ impl Scheduler {
 
     // ----- events -------------------------------------------------------------------------
 
-    /// A connection delivered its header. The first header of a job without a layout sets
-    /// it; a header that differs from the layout blames the server.
+    /// A connection delivered its header. A job whose content is known (resumed, pinned, or
+    /// decided) accepts a matching header and blames any other ("serves other content").
+    /// Otherwise the header is a vote: once every server answered or failed, or the election
+    /// window closed, the content announced by a strict majority of the servers that
+    /// answered is accepted and the others are blamed; without a strict majority the job
+    /// ends in [`Phase::Disagreement`].
     pub fn on_header(&mut self, now: Duration, conn: ConnId, layout: Layout) {
-        if self.complete {
+        if self.complete || self.disagreement.is_some() {
             return;
         }
         let Some(server) = self.servers.lookup(conn) else {
             return;
         };
-        let job = self.job.get_or_insert_with(|| Job {
-            layout,
-            segments: SegmentTable::new(layout.segment_count, &[], self.config.copies()),
-        });
-        if job.layout != layout {
-            self.drop_conn(
-                server,
-                now,
-                Some(DropReason::HeaderMismatch),
-                Fate::Blame("header mismatch".to_string()),
-            );
+        if self.job.is_none() {
+            match self.pin {
+                Some(pin) if layout.content != pin => {
+                    let reason = format!(
+                        "serves other content (BLAKE3 {}) than the pinned {}",
+                        hex(&layout.content),
+                        hex(&pin)
+                    );
+                    self.blame_header(server, now, reason);
+                    self.settle(now);
+                    return;
+                }
+                Some(_) => self.accept_layout(layout),
+                None => {
+                    self.vote(server, now, layout);
+                    self.settle(now);
+                    return;
+                }
+            }
+        }
+        let accepted = self.job.as_ref().map(|j| j.layout);
+        if accepted != Some(layout) {
+            let reason = match accepted {
+                Some(a) if a.content != layout.content => format!(
+                    "serves other content (BLAKE3 {}) than the job's {}",
+                    hex(&layout.content),
+                    hex(&a.content)
+                ),
+                _ => "serves the content under another name or segment layout".to_string(),
+            };
+            self.blame_header(server, now, reason);
         } else if self.servers.conn(server).is_some_and(|c| !c.active) {
             self.servers.activate(server, now);
             self.fill(server, now);
         }
         // A repeated identical header on an active connection changes nothing.
         self.settle(now);
+    }
+
+    fn accept_layout(&mut self, layout: Layout) {
+        self.job = Some(Job {
+            layout,
+            segments: SegmentTable::new(layout.segment_count, &[], self.config.copies()),
+        });
+    }
+
+    fn blame_header(&mut self, server: ServerId, now: Duration, reason: String) {
+        self.drop_conn(
+            server,
+            now,
+            Some(DropReason::HeaderMismatch),
+            Fate::Blame(reason),
+        );
+    }
+
+    /// Records `server`'s header as a vote (its connection stays open and idle).
+    fn vote(&mut self, server: ServerId, now: Duration, layout: Layout) {
+        let window = self.config.election_window;
+        let election = self.election.get_or_insert_with(|| Election {
+            deadline: now.saturating_add(window),
+            votes: Vec::new(),
+        });
+        election.votes.retain(|(s, _)| *s != server);
+        election.votes.push((server, layout));
+        self.servers.arm(server, &self.config);
+    }
+
+    /// Closes the election when every server answered or failed, or when its window ended.
+    fn try_decide(&mut self, now: Duration) {
+        let Some(election) = self.election.as_ref() else {
+            return;
+        };
+        if self.job.is_some() || self.disagreement.is_some() || election.votes.is_empty() {
+            return;
+        }
+        let everyone_in = (0..self.servers.len()).all(|s| {
+            election.votes.iter().any(|(v, _)| *v == s)
+                || matches!(
+                    self.server_state(s),
+                    ServerState::Backoff { .. } | ServerState::Blamed(_)
+                )
+        });
+        if !everyone_in && now < election.deadline {
+            return;
+        }
+        let Some(election) = self.election.take() else {
+            return;
+        };
+        let mut tally: Vec<(Layout, Vec<ServerId>)> = Vec::new();
+        for &(server, layout) in &election.votes {
+            match tally.iter_mut().find(|(l, _)| *l == layout) {
+                Some((_, servers)) => servers.push(server),
+                None => tally.push((layout, vec![server])),
+            }
+        }
+        let total = election.votes.len();
+        let Some(winner) = tally
+            .iter()
+            .find(|(_, servers)| servers.len() * 2 > total)
+            .map(|(l, _)| *l)
+        else {
+            let mut votes: Vec<ContentVotes> = tally
+                .into_iter()
+                .map(|(layout, mut servers)| {
+                    servers.sort_unstable();
+                    ContentVotes {
+                        content: layout.content,
+                        servers,
+                    }
+                })
+                .collect();
+            votes.sort_by(|a, b| a.servers.cmp(&b.servers));
+            self.disagreement = Some(votes);
+            return;
+        };
+        self.accept_layout(winner);
+        for (server, layout) in election.votes {
+            // Only a vote whose connection is still the one that voted counts.
+            if self.servers.conn(server).is_none() {
+                continue;
+            }
+            if layout == winner {
+                self.servers.activate(server, now);
+                self.fill(server, now);
+            } else {
+                let reason = format!(
+                    "serves other content (BLAKE3 {}) than the majority's {}",
+                    hex(&layout.content),
+                    hex(&winner.content)
+                );
+                self.blame_header(server, now, reason);
+            }
+        }
+        self.dispatch_pending = true;
     }
 
     /// Bytes of a requested segment arrived on `conn`: the connection is not stalled.
@@ -257,6 +409,9 @@ impl Scheduler {
         if self.complete {
             return;
         }
+        // An election whose window closed decides before any voter's handshake timer can
+        // count its answered header as a timeout.
+        self.try_decide(now);
         // Only timers due on entry: a timer re-armed at or before `now` (zero timeouts, time at
         // the end of `Duration`) waits for the next tick instead of spinning here.
         let mut due = Vec::new();
@@ -290,10 +445,13 @@ impl Scheduler {
 
     /// Earliest time at which [`Self::on_tick`] has work to do.
     pub fn next_deadline(&self) -> Option<Duration> {
-        if self.complete {
-            None
-        } else {
-            self.servers.next_deadline()
+        if self.complete || self.disagreement.is_some() {
+            return None;
+        }
+        let election = self.election.as_ref().map(|e| e.deadline);
+        match (self.servers.next_deadline(), election) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -301,6 +459,8 @@ impl Scheduler {
     pub fn phase(&self) -> Phase {
         if self.complete {
             Phase::Complete
+        } else if let Some(votes) = &self.disagreement {
+            Phase::Disagreement(votes.clone())
         } else if self.servers.len() == 0 {
             Phase::Failed(NO_SERVERS.to_string())
         } else if self.servers.blamed() == self.servers.len() {
@@ -471,6 +631,9 @@ impl Scheduler {
         notify: Option<DropReason>,
         fate: Fate,
     ) {
+        if let Some(election) = self.election.as_mut() {
+            election.votes.retain(|(s, _)| *s != server);
+        }
         if let Some(conn) = self.servers.close(server) {
             if let Some(job) = self.job.as_mut() {
                 for slot in conn.slots.iter().filter(|s| !s.cancelling) {
@@ -498,6 +661,7 @@ impl Scheduler {
         if self.complete {
             return;
         }
+        self.try_decide(now);
         if self.job.as_ref().is_some_and(|j| j.segments.is_complete()) {
             // The driver closes every connection itself; nothing queued still matters.
             self.complete = true;

@@ -174,7 +174,8 @@ impl Servers {
         Some(id)
     }
 
-    /// The header was accepted: the server is Active and its failure streak is over.
+    /// The header was accepted: the server is Active. Its failure streak goes on until it
+    /// delivers a segment: a server that closes right after every header keeps backing off.
     pub(crate) fn activate(&mut self, server: ServerId, now: Duration) {
         let Some(entry) = self.list.get_mut(server) else {
             return;
@@ -184,7 +185,6 @@ impl Servers {
         };
         conn.active = true;
         conn.last_progress = now;
-        entry.attempt = 0;
         self.set_state(server, ServerState::Active);
     }
 
@@ -221,9 +221,11 @@ impl Servers {
         self.set_state(server, ServerState::Blamed(reason));
     }
 
+    /// The server delivered a verified segment first: counted, and its failure streak ends.
     pub(crate) fn count_store(&mut self, server: ServerId) {
         if let Some(entry) = self.list.get_mut(server) {
             entry.segments_done = entry.segments_done.saturating_add(1);
+            entry.attempt = 0;
         }
     }
 

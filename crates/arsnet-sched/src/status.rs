@@ -36,6 +36,9 @@ pub enum Phase {
     Complete,
     /// Nothing can finish the job (every server blamed, or there are no servers).
     Failed(String),
+    /// Unpinned servers announced different contents and none had a strict majority of the
+    /// servers that answered within the election window: nothing can be trusted.
+    Disagreement(Vec<crate::ids::ContentVotes>),
 }
 
 /// Per-server counters for metrics.

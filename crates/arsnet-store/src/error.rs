@@ -31,6 +31,21 @@ pub enum StoreError {
     /// The journal's header is unreadable or inconsistent; nothing in it can be trusted.
     #[error("journal {} is corrupt: {reason}", .path.display())]
     JournalCorrupt { path: PathBuf, reason: String },
+    /// A file in the download directory is not one ArsNet may use: a symlink, a directory, a
+    /// hard link, another user's file, or a file that was swapped for another.
+    #[error("refusing {}: {reason}", .path.display())]
+    Untrusted { path: PathBuf, reason: String },
+    /// The partial files belong to another download (another job's tag, or other content).
+    #[error("partial download {} belongs to another download: {reason}", .path.display())]
+    Foreign { path: PathBuf, reason: String },
+    /// The download cannot fit in the directory's file system.
+    #[error("{name} needs {needed} bytes but {} has only {free} bytes free", .dir.display())]
+    NoSpace {
+        dir: PathBuf,
+        name: String,
+        needed: u64,
+        free: u64,
+    },
     /// The caller passed a segment that does not fit the manifest or the store's state.
     #[error("segment {segment}: {reason}")]
     BadSegment { segment: u64, reason: String },

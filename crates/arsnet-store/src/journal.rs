@@ -3,7 +3,7 @@
 //! durable in the dump. This module owns the byte format (encode and decode) and the
 //! [`Journal`] handle that creates, opens (repairing a torn tail) and appends to it.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! All integers are big-endian. `n` is the name length, `count` the segment count.
 //!
@@ -12,17 +12,20 @@
 //! | offset            | size       | field                                                  |
 //! |-------------------|------------|--------------------------------------------------------|
 //! | 0                 | 8          | magic, ASCII `ARSNJRN1`                                |
-//! | 8                 | 2          | version, `1`                                           |
+//! | 8                 | 2          | version, `2`                                           |
 //! | 10                | 2          | `n`, name length in bytes (1..=255)                    |
 //! | 12                | n          | file name, UTF-8, a plain name (`validate_file_name`)  |
 //! | 12+n              | 8          | file size in bytes                                     |
 //! | 20+n              | 4          | segment size in bytes                                  |
 //! | 24+n              | 8          | `count` = ceil(size / segment size), within limits     |
-//! | 32+n              | 32         | root digest (`arsnet_proto::manifest::compute_root`)   |
-//! | 64+n              | 32 × count | BLAKE3 digest of each segment, in order                |
-//! | 64+n+32×count     | 4          | header CRC: CRC-32C of header bytes `0..64+n+32×count` |
+//! | 32+n              | 32         | root digest: the file's BLAKE3 hash (`b3sum`)          |
+//! | 64+n              | 16         | owner tag: the job that made these partial files      |
+//! | 80+n              | 32 × count | BLAKE3 digest of each segment, in order                |
+//! | 80+n+32×count     | 4          | header CRC: CRC-32C of header bytes `0..80+n+32×count` |
 //!
-//! The header is `H = 68 + n + 32×count` bytes long. It is followed by records, 16 bytes
+//! The header is `H = 84 + n + 32×count` bytes long. The owner tag is a random value the
+//! daemon gives each job: partial files are adopted or removed only by the job whose tag they
+//! carry (or, for `fetch -r`, when no known job owns the tag). It is followed by records, 16 bytes
 //! each, the `k`-th at offset `H + 16×k`:
 //!
 //! | offset | size | field                                                             |
@@ -57,7 +60,7 @@ use std::path::{Path, PathBuf};
 
 use arsnet_proto::limits::MAX_NAME_LEN;
 use arsnet_proto::manifest::check_layout;
-use arsnet_proto::{validate_file_name, Digest, Manifest, ManifestError};
+use arsnet_proto::{validate_file_name, Digest, JobTag, Manifest, ManifestError};
 
 use crate::backend::{read_exact_at, BlockFile};
 use crate::error::StoreError;
@@ -65,8 +68,9 @@ use crate::segset::SegmentSet;
 
 /// Header magic.
 pub const JOURNAL_MAGIC: [u8; 8] = *b"ARSNJRN1";
-/// The journal format version this build reads and writes.
-pub const JOURNAL_VERSION: u16 = 1;
+/// The journal format version this build reads and writes. Version 2 added the owner tag and
+/// uses the real-BLAKE3 manifest (wire v2); a version 1 journal is not trusted.
+pub const JOURNAL_VERSION: u16 = 2;
 /// Record magic.
 pub const RECORD_MAGIC: [u8; 4] = *b"SEG1";
 /// Size of one record in bytes.
@@ -74,8 +78,8 @@ pub const RECORD_LEN: usize = 16;
 
 /// Bytes before the name: magic, version, name length.
 const PREFIX_LEN: u64 = 12;
-/// Bytes between the name and the digest table: size, segment size, count, root.
-const FIXED_AFTER_NAME: u64 = 8 + 4 + 8 + 32;
+/// Bytes between the name and the digest table: size, segment size, count, root, owner tag.
+const FIXED_AFTER_NAME: u64 = 8 + 4 + 8 + 32 + 16;
 /// Records read per positioned read while parsing.
 const RECORDS_PER_READ: usize = 4096;
 /// Label used in errors when a journal is opened without a path.
@@ -89,8 +93,8 @@ pub fn header_len(name_len: usize, count: u64) -> u64 {
         .saturating_add(count.saturating_mul(32))
 }
 
-/// Encodes the header for `manifest` after validating it.
-pub fn encode_header(manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
+/// Encodes the header for `manifest`, owned by the job tagged `tag`, after validating it.
+pub fn encode_header(manifest: &Manifest, tag: &JobTag) -> Result<Vec<u8>, ManifestError> {
     manifest.validate()?;
     let name = manifest.name.as_bytes();
     // validate() bounds the name to MAX_NAME_LEN bytes and the count to MAX_SEGMENTS.
@@ -106,6 +110,7 @@ pub fn encode_header(manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
     out.extend_from_slice(&manifest.segment_size.to_be_bytes());
     out.extend_from_slice(&manifest.segment_count().to_be_bytes());
     out.extend_from_slice(&manifest.root);
+    out.extend_from_slice(tag);
     for digest in &manifest.digests {
         out.extend_from_slice(digest);
     }
@@ -161,6 +166,8 @@ pub fn decode_record(header_crc: u32, record: &[u8; RECORD_LEN], count: u64) -> 
 pub struct JournalContents {
     /// The manifest from the header (validated).
     pub manifest: Manifest,
+    /// The job that made these partial files.
+    pub tag: JobTag,
     /// Segments listed by the good records, sorted, without duplicates.
     pub segments: Vec<u64>,
     /// Bytes after the last good record that were ignored (and truncated away).
@@ -181,15 +188,21 @@ pub struct Journal<F: BlockFile> {
 }
 
 impl<F: BlockFile> Journal<F> {
-    /// Starts a journal for `manifest` in `file`: truncates it, writes the header, fsyncs.
-    pub fn create(file: F, manifest: &Manifest) -> Result<Self, StoreError> {
-        Self::create_named(file, manifest, Path::new(UNNAMED))
+    /// Starts a journal for `manifest` owned by `tag` in `file`: truncates it, writes the
+    /// header, fsyncs.
+    pub fn create(file: F, manifest: &Manifest, tag: &JobTag) -> Result<Self, StoreError> {
+        Self::create_named(file, manifest, tag, Path::new(UNNAMED))
     }
 
     /// [`Journal::create`], naming `path` in errors.
-    pub fn create_named(mut file: F, manifest: &Manifest, path: &Path) -> Result<Self, StoreError> {
+    pub fn create_named(
+        mut file: F,
+        manifest: &Manifest,
+        tag: &JobTag,
+        path: &Path,
+    ) -> Result<Self, StoreError> {
         let io_err = |what: &str, e| StoreError::io(what, path, e);
-        let header = encode_header(manifest).map_err(|e| {
+        let header = encode_header(manifest, tag).map_err(|e| {
             io_err(
                 "creating journal",
                 io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -221,7 +234,7 @@ impl<F: BlockFile> Journal<F> {
         let file_len = file
             .len()
             .map_err(|e| StoreError::io("reading journal", path, e))?;
-        let (manifest, header_crc, header_end) = read_header(&file, file_len, path)?;
+        let (manifest, tag, header_crc, header_end) = read_header(&file, file_len, path)?;
         let count = manifest.segment_count();
         let (segments, end) = read_records(&file, file_len, header_end, header_crc, count, path)?;
         let ignored_tail_bytes = file_len - end;
@@ -248,6 +261,7 @@ impl<F: BlockFile> Journal<F> {
             journal,
             JournalContents {
                 manifest,
+                tag,
                 segments,
                 ignored_tail_bytes,
             },
@@ -354,13 +368,13 @@ fn be_u16(bytes: &[u8]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Parses and validates the header. Returns the manifest, the header CRC, and the offset of
-/// the first record.
+/// Parses and validates the header. Returns the manifest, the owner tag, the header CRC, and
+/// the offset of the first record.
 fn read_header<F: BlockFile>(
     file: &F,
     file_len: u64,
     path: &Path,
-) -> Result<(Manifest, u32, u64), StoreError> {
+) -> Result<(Manifest, JobTag, u32, u64), StoreError> {
     let corrupt = |reason: String| StoreError::corrupt(path, reason);
     if file_len < PREFIX_LEN {
         return Err(corrupt(format!(
@@ -395,6 +409,8 @@ fn read_header<F: BlockFile>(
     let count = be_u64(&rest[12..]);
     let mut root: Digest = [0; 32];
     root.copy_from_slice(&rest[20..52]);
+    let mut tag: JobTag = [0; 16];
+    tag.copy_from_slice(&rest[52..68]);
     check_layout(size, segment_size, count).map_err(|e| corrupt(format!("bad layout: {e}")))?;
 
     // The digest table is allocated only once it is known to be within limits and to fit in
@@ -438,7 +454,7 @@ fn read_header<F: BlockFile>(
     manifest
         .validate()
         .map_err(|e| corrupt(format!("invalid manifest: {e}")))?;
-    Ok((manifest, crc, offset + 4))
+    Ok((manifest, tag, crc, offset + 4))
 }
 
 /// Reads records from `start` up to the first bad one. Returns the listed segments (sorted,
@@ -480,29 +496,30 @@ fn read_records<F: BlockFile>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arsnet_proto::manifest::digest_segment;
+    use arsnet_proto::manifest::digest_all;
 
     fn sample() -> Manifest {
         let data = vec![7u8; 10_000];
-        let digests = data.chunks(4096).map(digest_segment).collect();
+        let digests = digest_all(&data, 4096);
         Manifest::new("f.bin".into(), 10_000, 4096, digests).unwrap()
     }
 
     #[test]
     fn header_layout_matches_the_documented_offsets() {
         let m = sample();
-        let h = encode_header(&m).unwrap();
+        let h = encode_header(&m, &[0xAB; 16]).unwrap();
         assert_eq!(h.len() as u64, header_len(5, 3));
-        assert_eq!(h.len(), 68 + 5 + 32 * 3);
+        assert_eq!(h.len(), 84 + 5 + 32 * 3);
         assert_eq!(&h[..8], b"ARSNJRN1");
-        assert_eq!(&h[8..10], &[0, 1]);
+        assert_eq!(&h[8..10], &[0, 2]);
         assert_eq!(&h[10..12], &[0, 5]);
         assert_eq!(&h[12..17], b"f.bin");
         assert_eq!(h[17..25], 10_000u64.to_be_bytes());
         assert_eq!(h[25..29], 4096u32.to_be_bytes());
         assert_eq!(h[29..37], 3u64.to_be_bytes());
         assert_eq!(h[37..69], m.root);
-        assert_eq!(h[69..101], m.digests[0]);
+        assert_eq!(h[69..85], [0xAB; 16]);
+        assert_eq!(h[85..117], m.digests[0]);
         let crc = crc32c::crc32c(&h[..h.len() - 4]);
         assert_eq!(h[h.len() - 4..], crc.to_be_bytes());
     }
@@ -528,9 +545,9 @@ mod tests {
     fn invalid_manifests_are_not_encoded() {
         let mut m = sample();
         m.name = "a/b".into();
-        assert!(encode_header(&m).is_err());
+        assert!(encode_header(&m, &[0; 16]).is_err());
         let mut m = sample();
         m.root[0] ^= 1;
-        assert!(encode_header(&m).is_err());
+        assert!(encode_header(&m, &[0; 16]).is_err());
     }
 }

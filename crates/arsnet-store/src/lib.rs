@@ -8,6 +8,10 @@
 //! fsync(journal). On completion the dump is renamed to `DIR/NAME` and the journal removed,
 //! so `DIR/NAME` always is a complete file.
 //!
+//! Every file in `DIR` is reached through a held directory handle ([`dir`]): no symlink is
+//! followed, only regular files of ours are used, new files are created exclusively, and the
+//! file published as `DIR/NAME` is the very inode that was verified.
+//!
 //! Modules: [`backend`] (the [`BlockFile`] I/O seam and its `std::fs::File` impl),
 //! [`journal`] (the on-disk format and [`Journal`]), [`store`] (the write order in
 //! [`Store`], and [`DownloadStore`] on real files), [`error`] ([`StoreError`]), and with the
@@ -16,6 +20,8 @@
 pub mod backend;
 #[cfg(any(test, feature = "test-util"))]
 pub mod crash;
+pub mod dir;
+mod download;
 pub mod error;
 pub mod journal;
 mod segset;
@@ -24,4 +30,4 @@ pub mod store;
 pub use backend::BlockFile;
 pub use error::StoreError;
 pub use journal::{Journal, JournalContents};
-pub use store::{Adopted, DownloadStore, Store, StorePaths};
+pub use store::{is_reserved_name, Adopted, DownloadStore, Found, Store, StorePaths};

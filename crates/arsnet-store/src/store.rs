@@ -6,16 +6,17 @@
 //! and adds the file-system steps (exclusive creation, adoption, the finalizing rename,
 //! discard), fsyncing the directory after every change to its entries.
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use arsnet_proto::{validate_file_name, Manifest};
+use arsnet_proto::{JobTag, Manifest};
 
 use crate::backend::{read_exact_at, BlockFile};
 use crate::error::StoreError;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalContents};
 use crate::segset::SegmentSet;
+
+pub use crate::download::{DownloadStore, Found};
 
 /// Suffix of the dump file: `DIR/NAME.arsnet-dump`.
 pub const DUMP_SUFFIX: &str = ".arsnet-dump";
@@ -31,6 +32,8 @@ pub struct Adopted {
     pub rejected: Vec<u64>,
     /// Bytes of torn or corrupt journal tail that were ignored and truncated away.
     pub ignored_tail_bytes: u64,
+    /// The tag of the job that made the partial files.
+    pub tag: JobTag,
 }
 
 /// The paths of a dump/journal pair, used in error messages.
@@ -44,10 +47,32 @@ impl StorePaths {
     /// The paths of download `name` in `dir`.
     pub fn new(dir: &Path, name: &str) -> Self {
         StorePaths {
-            dump: DownloadStore::dump_path(dir, name),
-            journal: DownloadStore::journal_path(dir, name),
+            dump: dir.join(dump_name(name)),
+            journal: dir.join(journal_name(name)),
         }
     }
+}
+
+/// `NAME.arsnet-dump`.
+pub fn dump_name(name: &str) -> String {
+    format!("{name}{DUMP_SUFFIX}")
+}
+
+/// `NAME.arsnet-segments`.
+pub fn journal_name(name: &str) -> String {
+    format!("{name}{JOURNAL_SUFFIX}")
+}
+
+/// Suffixes ArsNet gives its own files in `DIR`; a server-chosen name ending in one is
+/// refused, so a download can never be published over another's partial files.
+pub const RESERVED_SUFFIXES: [&str; 3] = [DUMP_SUFFIX, JOURNAL_SUFFIX, UNTRUSTED_MARK];
+
+/// Inserted into the name of a journal that could not be trusted and was kept aside.
+pub const UNTRUSTED_MARK: &str = ".arsnet-untrusted";
+
+/// True when `name` ends in (or contains the kept-aside mark of) an ArsNet-reserved suffix.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.ends_with(DUMP_SUFFIX) || name.ends_with(JOURNAL_SUFFIX) || name.contains(UNTRUSTED_MARK)
 }
 
 /// The write-order logic of a download over any pair of backends: `D` for the dump, `J`
@@ -73,6 +98,7 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
         mut dump: D,
         journal: J,
         manifest: &Manifest,
+        tag: &JobTag,
         paths: &StorePaths,
     ) -> Result<Self, StoreError> {
         manifest.validate().map_err(|e| {
@@ -84,7 +110,7 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
         })?;
         dump.set_len(manifest.size)
             .map_err(|e| StoreError::io("sizing", &paths.dump, e))?;
-        let journal = Journal::create_named(journal, manifest, &paths.journal)?;
+        let journal = Journal::create_named(journal, manifest, tag, &paths.journal)?;
         let committed = SegmentSet::new(manifest.segment_count());
         Ok(Self::assemble(
             manifest.clone(),
@@ -98,27 +124,20 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
     /// Continues a download: reads the journal (whose manifest is authoritative), sizes the
     /// dump, and re-verifies every listed segment against the dump's bytes.
     pub fn open(dump: D, journal: J, paths: &StorePaths) -> Result<(Self, Adopted), StoreError> {
-        Self::open_expecting(dump, journal, paths, None)
+        Self::open_claimed(dump, journal, paths, |_| Ok(()))
     }
 
-    /// [`Store::open`], refusing (before touching the dump) a journal whose manifest names
-    /// another file than `expected_name`.
-    fn open_expecting(
+    /// [`Store::open`], letting `claim` refuse the journal's contents (another job's tag,
+    /// another file, other content) before the dump is touched.
+    pub fn open_claimed(
         mut dump: D,
         journal: J,
         paths: &StorePaths,
-        expected_name: Option<&str>,
+        claim: impl FnOnce(&JournalContents) -> Result<(), StoreError>,
     ) -> Result<(Self, Adopted), StoreError> {
         let (journal, contents) = Journal::open_named(journal, &paths.journal)?;
+        claim(&contents)?;
         let manifest = contents.manifest;
-        if let Some(expected) = expected_name {
-            if manifest.name != expected {
-                return Err(StoreError::corrupt(
-                    &paths.journal,
-                    format!("journal is for {:?}, not {expected:?}", manifest.name),
-                ));
-            }
-        }
         let dump_len = dump
             .len()
             .map_err(|e| StoreError::io("reading", &paths.dump, e))?;
@@ -159,6 +178,7 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
             segments: verified.to_vec(),
             rejected,
             ignored_tail_bytes: contents.ignored_tail_bytes,
+            tag: contents.tag,
         };
         Ok((
             Self::assemble(manifest, dump, paths, journal, verified),
@@ -318,375 +338,4 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
     pub fn into_parts(self) -> (D, J) {
         (self.dump, self.journal.into_inner())
     }
-}
-
-/// One download's dump and journal in `DIR`, on real files.
-#[derive(Debug)]
-pub struct DownloadStore {
-    dir: PathBuf,
-    paths: StorePaths,
-    store: Store<File, File>,
-}
-
-impl DownloadStore {
-    /// `DIR/NAME.arsnet-dump`.
-    pub fn dump_path(dir: &Path, name: &str) -> PathBuf {
-        dir.join(format!("{name}{DUMP_SUFFIX}"))
-    }
-
-    /// `DIR/NAME.arsnet-segments`.
-    pub fn journal_path(dir: &Path, name: &str) -> PathBuf {
-        dir.join(format!("{name}{JOURNAL_SUFFIX}"))
-    }
-
-    /// Starts a fresh download of `manifest` into `dir`. Errors: `TargetExists` if
-    /// `DIR/NAME` exists and `!overwrite`; `PartialExists` if the dump or journal exists.
-    /// Creates the dump (sized to the file), fsyncs the directory, then creates the journal
-    /// and fsyncs the directory again, so a journal on disk always has its dump. On failure
-    /// the files this call created are removed.
-    pub fn create(dir: &Path, manifest: &Manifest, overwrite: bool) -> Result<Self, StoreError> {
-        let name = checked_name(manifest.name.as_bytes(), dir)?;
-        manifest.validate().map_err(|e| {
-            StoreError::io(
-                "creating a download in",
-                dir,
-                io::Error::new(io::ErrorKind::InvalidInput, e),
-            )
-        })?;
-        let paths = StorePaths::new(dir, name);
-        let target = dir.join(name);
-        if !overwrite && exists(&target)? {
-            return Err(StoreError::TargetExists(target));
-        }
-        for partial in [&paths.dump, &paths.journal] {
-            if exists(partial)? {
-                return Err(StoreError::PartialExists(partial.clone()));
-            }
-        }
-        let dump = create_new(&paths.dump)?;
-        let mut journal_created = false;
-        let result = sync_dir(dir)
-            .and_then(|()| create_new(&paths.journal))
-            .and_then(|journal| {
-                journal_created = true;
-                lock_journal(&journal, &paths.journal)?;
-                Store::create(dump, journal, manifest, &paths)
-            })
-            // The journal's directory entry must be durable before anything is committed.
-            .and_then(|store| sync_dir(dir).map(|()| store));
-        match result {
-            Ok(store) => Ok(DownloadStore {
-                dir: dir.to_path_buf(),
-                paths,
-                store,
-            }),
-            Err(e) => {
-                // Remove only what this call created (create_new guarantees it was ours).
-                if journal_created {
-                    let _ = std::fs::remove_file(&paths.journal);
-                }
-                let _ = std::fs::remove_file(&paths.dump);
-                let _ = sync_dir(dir);
-                Err(e)
-            }
-        }
-    }
-
-    /// Continues the partial download `name` in `dir` (see API.md): the journal's manifest
-    /// is authoritative, the dump must exist, and every journaled segment is re-verified.
-    /// Errors: `NoPartial` when the journal does not exist; `JournalCorrupt`; `TargetExists`
-    /// if `DIR/NAME` exists and `!overwrite`.
-    pub fn adopt(dir: &Path, name: &str, overwrite: bool) -> Result<(Self, Adopted), StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?;
-        let paths = StorePaths::new(dir, name);
-        let target = dir.join(name);
-        if !overwrite && exists(&target)? {
-            return Err(StoreError::TargetExists(target));
-        }
-        let journal = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&paths.journal)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoPartial(paths.journal));
-            }
-            Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
-        };
-        lock_journal(&journal, &paths.journal)?;
-        let dump = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&paths.dump)
-            .map_err(|e| {
-                let what = if e.kind() == io::ErrorKind::NotFound {
-                    "opening (the journal exists but the dump does not, e.g. after an interrupted \
-                 finalize or discard; discard the partial download)"
-                } else {
-                    "opening"
-                };
-                StoreError::io(what, &paths.dump, e)
-            })?;
-        let (store, adopted) = Store::open_expecting(dump, journal, &paths, Some(name))?;
-        Ok((
-            DownloadStore {
-                dir: dir.to_path_buf(),
-                paths,
-                store,
-            },
-            adopted,
-        ))
-    }
-
-    pub fn manifest(&self) -> &Manifest {
-        self.store.manifest()
-    }
-
-    /// True when `segment` is committed (durable and journaled).
-    pub fn is_committed(&self, segment: u64) -> bool {
-        self.store.is_committed(segment)
-    }
-
-    /// Number of committed segments.
-    pub fn committed_count(&self) -> u64 {
-        self.store.committed_count()
-    }
-
-    /// The dump and journal paths.
-    pub fn paths(&self) -> &StorePaths {
-        &self.paths
-    }
-
-    /// pwrite of a verified segment at its final offset (`data.len()` must equal the
-    /// segment's length).
-    pub fn write_segment(&mut self, segment: u64, data: &[u8]) -> Result<(), StoreError> {
-        self.store.write_segment(segment, data)
-    }
-
-    /// Durability point for a batch of written segments (see [`Store::commit`]).
-    pub fn commit(&mut self, segments: &[u64]) -> Result<(), StoreError> {
-        self.store.commit(segments)
-    }
-
-    /// All segments committed: fsync the dump, check its length, rename it to `DIR/NAME`
-    /// (refusing with `TargetExists`, nothing changed, if that exists and `!overwrite`),
-    /// fsync the directory, remove the journal, fsync the directory. Returns `DIR/NAME`.
-    pub fn finalize(mut self, overwrite: bool) -> Result<PathBuf, StoreError> {
-        self.store.finish()?;
-        let target = self.dir.join(&self.manifest().name);
-        let (dump, journal) = self.store.into_parts();
-        drop(dump);
-        drop(journal);
-        rename(&self.paths.dump, &target, overwrite)?;
-        sync_dir(&self.dir)?;
-        remove_if_exists(&self.paths.journal)?;
-        sync_dir(&self.dir)?;
-        Ok(target)
-    }
-
-    /// Completes a finalize that a crash interrupted between the rename and the journal's
-    /// removal: the journal exists, the dump does not, and `DIR/NAME` does. If every segment
-    /// of `DIR/NAME` verifies against the journal's manifest, the stale journal is removed
-    /// and `Some(DIR/NAME)` returned. `None` means this is not that situation (or the file
-    /// does not verify, and is left alone).
-    pub fn recover_finalized(dir: &Path, name: &str) -> Result<Option<PathBuf>, StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?;
-        let paths = StorePaths::new(dir, name);
-        let target = dir.join(name);
-        if exists(&paths.dump)? || !exists(&paths.journal)? || !exists(&target)? {
-            return Ok(None);
-        }
-        let journal_file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&paths.journal)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
-        };
-        lock_journal(&journal_file, &paths.journal)?;
-        let (_journal, contents) = Journal::open_named(journal_file, &paths.journal)?;
-        let manifest = contents.manifest;
-        let file = File::open(&target).map_err(|e| StoreError::io("opening", &target, e))?;
-        let len = file
-            .len()
-            .map_err(|e| StoreError::io("reading", &target, e))?;
-        if len != manifest.size {
-            return Ok(None);
-        }
-        let mut buf = vec![0u8; manifest.segment_size as usize];
-        for segment in 0..manifest.segment_count() {
-            let (offset, length) = manifest.segment_range(segment);
-            let buf = &mut buf[..length as usize];
-            read_exact_at(&file, buf, offset).map_err(|e| StoreError::io("reading", &target, e))?;
-            if !manifest.verify_segment(segment, buf) {
-                return Ok(None);
-            }
-        }
-        remove_if_exists(&paths.journal)?;
-        sync_dir(dir)?;
-        Ok(Some(target))
-    }
-
-    /// Removes the dump and the journal (cancel without keeping the partial download).
-    pub fn discard(self) -> Result<(), StoreError> {
-        let DownloadStore { dir, paths, store } = self;
-        drop(store);
-        remove_partial(&dir, &paths)
-    }
-
-    /// Removes the partial files of download `name` in `dir` without opening them (e.g. when
-    /// the journal is corrupt). Missing files are not an error.
-    /// Refuses (`InUse`) while another download holds the partial files open.
-    pub fn discard_partial(dir: &Path, name: &str) -> Result<(), StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?;
-        let paths = StorePaths::new(dir, name);
-        // Hold the journal's lock while removing, so a running download's files are never
-        // pulled from under it.
-        let _lock = match OpenOptions::new().read(true).open(&paths.journal) {
-            Ok(journal) => {
-                lock_journal(&journal, &paths.journal)?;
-                Some(journal)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StoreError::io("opening", &paths.journal, e)),
-        };
-        remove_partial(dir, &paths)
-    }
-}
-
-/// Journal first: a dump without a journal is never adopted.
-fn remove_partial(dir: &Path, paths: &StorePaths) -> Result<(), StoreError> {
-    remove_if_exists(&paths.journal)?;
-    remove_if_exists(&paths.dump)?;
-    sync_dir(dir)
-}
-
-/// Refuses names that are not a single plain path component.
-fn checked_name<'a>(raw: &'a [u8], dir: &Path) -> Result<&'a str, StoreError> {
-    validate_file_name(raw).map_err(|e| {
-        StoreError::io(
-            "choosing a file name in",
-            dir,
-            io::Error::new(io::ErrorKind::InvalidInput, e),
-        )
-    })
-}
-
-/// Whether anything (even a dangling symlink) is at `path`.
-fn exists(path: &Path) -> Result<bool, StoreError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(StoreError::io("checking", path, e)),
-    }
-}
-
-fn create_new(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                StoreError::PartialExists(path.to_path_buf())
-            } else {
-                StoreError::io("creating", path, e)
-            }
-        })
-}
-
-/// Takes an exclusive, non-blocking `flock` on the journal for as long as the file stays
-/// open, so two downloads (two jobs, or two daemons) can never write the same partial files.
-/// The kernel releases it when the holder exits, even by `kill -9`.
-fn lock_journal(journal: &File, path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a valid descriptor owned by `journal` for the duration of the call.
-    let rc = unsafe { libc::flock(journal.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(StoreError::InUse(path.to_path_buf()))
-    } else {
-        Err(StoreError::io("locking", path, err))
-    }
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io("removing", path, e)),
-    }
-}
-
-/// fsync of a directory, making creations, renames and removals in it durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("syncing directory", dir, e))
-}
-
-/// Renames `from` to `to`. Without `overwrite` an existing `to` is refused atomically
-/// (renameat2 RENAME_NOREPLACE where the file system supports it).
-fn rename(from: &Path, to: &Path, overwrite: bool) -> Result<(), StoreError> {
-    let io_err = |e| StoreError::io(&format!("renaming {} to", from.display()), to, e);
-    if overwrite {
-        return std::fs::rename(from, to).map_err(io_err);
-    }
-    match rename_noreplace(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(StoreError::TargetExists(to.to_path_buf()))
-        }
-        Err(e) if is_unsupported(&e) => {
-            // Fallback for file systems without RENAME_NOREPLACE: check, then rename.
-            if exists(to)? {
-                return Err(StoreError::TargetExists(to.to_path_buf()));
-            }
-            std::fs::rename(from, to).map_err(io_err)
-        }
-        Err(e) => Err(io_err(e)),
-    }
-}
-
-fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
-    )
-}
-
-#[cfg(target_os = "linux")]
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from = CString::new(from.as_os_str().as_bytes())?;
-    let to = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; AT_FDCWD
-    // makes relative paths resolve like std::fs::rename does.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn rename_noreplace(_from: &Path, _to: &Path) -> io::Result<()> {
-    Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }

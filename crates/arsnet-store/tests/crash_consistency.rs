@@ -32,7 +32,7 @@ fn paths() -> StorePaths {
 /// The real store.
 impl Model for Store<CrashFile, CrashFile> {
     fn create(dump: CrashFile, journal: CrashFile, m: &Manifest) -> Result<Self, StoreError> {
-        Store::create(dump, journal, m, &paths())
+        Store::create(dump, journal, m, &[7; 16], &paths())
     }
     fn write(&mut self, segment: u64, data: &[u8]) -> Result<(), StoreError> {
         self.write_segment(segment, data)
@@ -56,7 +56,7 @@ impl Model for JournalFirst {
             source: e,
         };
         dump.set_len(m.size).map_err(io)?;
-        let journal = Journal::create(journal, m)?;
+        let journal = Journal::create(journal, m, &[7; 16])?;
         Ok(JournalFirst {
             m: m.clone(),
             dump,
@@ -265,7 +265,7 @@ fn crash_between_dump_sync_and_journal_append_and_during_the_append() {
             let dump = CrashFile::new().with_power(power.clone());
             let journal = CrashFile::new().with_power(power.clone());
             let (dump_handle, journal_handle) = (dump.handle(), journal.handle());
-            let mut store = Store::create(dump, journal, &m, &paths()).unwrap();
+            let mut store = Store::create(dump, journal, &m, &[7; 16], &paths()).unwrap();
             store.write_segment(0, segment(&m, &data, 0)).unwrap();
             store.commit(&[0]).unwrap();
             store.write_segment(1, segment(&m, &data, 1)).unwrap();

@@ -17,7 +17,7 @@ fn valid_journal(size: u64, appends: &[Vec<u64>]) -> (Manifest, Vec<u8>) {
     let m = manifest("fuzz.bin", &content(size as usize, size));
     let file = CrashFile::new();
     let handle = file.handle();
-    let mut journal = Journal::create(file, &m).unwrap();
+    let mut journal = Journal::create(file, &m, &[7; 16]).unwrap();
     for batch in appends {
         let batch: Vec<u64> = batch.iter().map(|s| s % m.segment_count().max(1)).collect();
         if m.segment_count() > 0 {

@@ -37,6 +37,11 @@ fn port(s: &str) -> Result<u16, String> {
     Ok(p)
 }
 
+fn digest_hex(s: &str) -> Result<[u8; 32], String> {
+    arsnet_proto::manifest::from_hex(s)
+        .ok_or_else(|| format!("{s:?} is not a digest: expected 64 hex digits"))
+}
+
 fn any_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
@@ -110,9 +115,17 @@ pub enum Command {
         /// Wait for the download to end, reporting progress; exit code tells the outcome.
         #[arg(long)]
         wait: bool,
-        /// Replace DIR/NAME if it already exists.
+        /// Replace DIR/NAME if it already exists (only a regular file of the daemon's user).
         #[arg(long)]
         overwrite: bool,
+        /// Pin the content to this BLAKE3 hash (64 hex digits, as `b3sum` prints it): only
+        /// servers announcing it are used, the others are blamed.
+        #[arg(long, value_name = "HEX", value_parser = digest_hex, conflicts_with = "sha256")]
+        blake3: Option<[u8; 32]>,
+        /// Pin the content to this SHA-256 (64 hex digits, as `sha256sum` prints it): the
+        /// finished file is checked before it is published under its name.
+        #[arg(long, value_name = "HEX", value_parser = digest_hex)]
+        sha256: Option<[u8; 32]>,
     },
     /// List download jobs and server groups.
     List,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arsnet_proto::control::{
-    FetchSpec, JobId, JobInfo, JobState, Request, Response, ServeSpec, Update,
+    FetchSpec, JobId, JobInfo, JobState, Pin, Request, Response, ServeSpec, Update,
 };
 use arsnetd::client::Client;
 use serde::Serialize;
@@ -37,12 +37,27 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 rate,
                 status_interval_secs: interval,
             };
-            match call(&socket, Request::Serve(spec)).await? {
-                Response::GroupStarted { id } => {
-                    print_value(json, &serde_json::json!({ "group": id }), &id.to_string())
-                }
-                other => unexpected(other),
+            let id = match call(&socket, Request::Serve(spec)).await? {
+                Response::GroupStarted { id } => id,
+                other => return unexpected(other),
+            };
+            // The content's BLAKE3, which clients can pin with `fetch --blake3`: on stderr,
+            // so that stdout stays the bare group id scripts read.
+            let blake3 = match call(&socket, Request::Servers).await? {
+                Response::Servers(groups) => groups
+                    .iter()
+                    .find(|g| g.id == id)
+                    .map(|g| arsnet_proto::manifest::to_hex(&g.blake3)),
+                _ => None,
+            };
+            if let (Some(hex), false) = (&blake3, json) {
+                eprintln!("group {id} serves content BLAKE3 {hex}");
             }
+            print_value(
+                json,
+                &serde_json::json!({ "group": id, "blake3": blake3 }),
+                &id.to_string(),
+            )
         }
         Command::Servers => match call(&socket, Request::Servers).await? {
             Response::Servers(groups) => {
@@ -66,6 +81,8 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             sources,
             wait,
             overwrite,
+            blake3,
+            sha256,
         } => {
             let mut all: Vec<String> = match &address {
                 Some(a) => ports.iter().map(|p| join_host_port(a, *p)).collect(),
@@ -90,6 +107,11 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 resume,
                 overwrite,
                 metric_interval_secs: interval.max(1),
+                pin: match (blake3, sha256) {
+                    (Some(digest), _) => Some(Pin::Blake3(digest)),
+                    (None, Some(digest)) => Some(Pin::Sha256(digest)),
+                    (None, None) => None,
+                },
             };
             let (id, attached) = match call(&socket, Request::Fetch(spec)).await? {
                 Response::Queued { id, attached } => (id, attached),

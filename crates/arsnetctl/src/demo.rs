@@ -208,6 +208,7 @@ pub async fn run(
         resume: false,
         overwrite: false,
         metric_interval_secs: 1,
+        pin: None,
     };
     let started = Instant::now();
     let id = match call(&socket, Request::Fetch(fetch)).await? {

@@ -67,12 +67,13 @@ pub fn groups_table(groups: &[GroupInfo]) -> String {
     }
     for g in groups {
         out.push_str(&format!(
-            "  group {} {} ({}, {} ports, bind {})\n",
+            "  group {} {} ({}, {} ports, bind {})\n    content: {}  (BLAKE3, as b3sum prints it)\n",
             g.id,
             g.file.display(),
             human_bytes(g.size),
             g.ports.len(),
-            g.bind
+            g.bind,
+            arsnet_proto::manifest::to_hex(&g.blake3)
         ));
         out.push_str("    PORT   STATE      CONNS  SEGMENTS        SENT          RATE\n");
         for p in &g.ports {
@@ -117,6 +118,13 @@ pub fn job_detail(info: &JobInfo) -> String {
             String::new()
         },
     ));
+    if let (Some(name), Some(content)) = (&info.name, &info.content) {
+        // The same digest `b3sum DIR/NAME` prints once the file is complete.
+        out.push_str(&format!(
+            "  content: {}  {name}  (BLAKE3)\n",
+            arsnet_proto::manifest::to_hex(content)
+        ));
+    }
     out.push_str("  SERVER                 STATE        RATE          BYTES  SEGMENTS  FAILURES\n");
     for s in &info.sources {
         out.push_str(&format!(

@@ -181,9 +181,11 @@ impl Config {
         }
         if let Some(size) = self.segment_size {
             use arsnet_proto::limits::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
-            if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) {
+            // Power-of-two segments are whole BLAKE3 subtrees, which is what lets the segment
+            // digests combine into the file's real BLAKE3 hash.
+            if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) || !size.is_power_of_two() {
                 return Err(ConfigError::Invalid(format!(
-                    "segment_size must be {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}"
+                    "segment_size must be a power of two in {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}"
                 )));
             }
         }

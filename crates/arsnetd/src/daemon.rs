@@ -77,6 +77,8 @@ impl Daemon {
                     state: j.persisted_state(),
                     name: j.name.clone(),
                     resume: j.resume_next,
+                    tag: Some(j.tag),
+                    content: j.content,
                 })
                 .collect(),
             groups: inner

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::daemon::{Daemon, Inner};
 use crate::persist::JobRecord;
+use arsnet_proto::{Digest, JobTag};
 
 /// Why a running job is being stopped. Later requests may only raise it (run < shutdown <
 /// pause < cancel): a paused job stays paused through a daemon restart, and a cancel is never
@@ -53,9 +54,20 @@ pub(crate) struct JobEntry {
     pub(crate) resume_next: bool,
     /// Was running when the daemon stopped: starts before jobs that were merely queued.
     restored_running: bool,
+    /// This job's tag: its partial files carry it, so no other job adopts or removes them.
+    pub(crate) tag: JobTag,
+    /// The content this job accepted (its BLAKE3), once a server's header was accepted:
+    /// no restart, `fetch -r` or new server list switches the job to other content.
+    pub(crate) content: Option<Digest>,
 }
 
 impl JobEntry {
+    /// Whether the job may still continue its partial files (so no other job may take
+    /// them): anything not completed or cancelled.
+    fn owns_partial_files(&self) -> bool {
+        !matches!(self.state, JobState::Completed | JobState::Cancelled)
+    }
+
     /// The state written to disk: a job stopped by daemon shutdown is still "running" so
     /// that the next start continues it.
     pub fn persisted_state(&self) -> JobState {
@@ -93,6 +105,8 @@ fn empty_info(id: JobId, spec: &FetchSpec, state: JobState) -> JobInfo {
         rate_bps: 0,
         elapsed_ms: 0,
         sources: Vec::new(),
+        content: None,
+        owner_tag: None,
     }
 }
 
@@ -198,6 +212,8 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
             name: None,
             live: None,
             restored_running: false,
+            tag: new_tag(),
+            content: None,
         };
         let snapshot = entry.snapshot();
         inner.jobs.insert(id, entry);
@@ -238,6 +254,13 @@ pub(crate) fn pump(daemon: &Arc<Daemon>) {
 }
 
 fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
+    // Partial files of every other job that may still continue them are never adopted.
+    let foreign_tags: Vec<JobTag> = inner
+        .jobs
+        .iter()
+        .filter(|(&other, j)| other != id && j.owns_partial_files())
+        .map(|(_, j)| j.tag)
+        .collect();
     let Some(entry) = inner.jobs.get_mut(&id) else {
         return;
     };
@@ -248,6 +271,10 @@ fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
         resume: entry.resume_next,
         name: entry.name.clone(),
         overwrite: entry.spec.overwrite,
+        tag: entry.tag,
+        foreign_tags,
+        pin: entry.spec.pin,
+        content: entry.content,
         config: daemon
             .config
             .download_config(entry.spec.metric_interval_secs),
@@ -302,12 +329,27 @@ async fn forward_updates(
     let mut named = false;
     while info.changed().await.is_ok() {
         let snapshot = info.borrow_and_update().clone();
+        let adopted_tag = snapshot
+            .owner_tag
+            .filter(|&t| daemon.lock().jobs.get(&id).is_some_and(|e| e.tag != t));
+        if let Some(tag) = adopted_tag {
+            // The job continued an orphaned partial download: it owns those files now, so
+            // that its cancel removes them and no other job takes them.
+            let mut inner = daemon.lock();
+            if let Some(entry) = inner.jobs.get_mut(&id) {
+                entry.tag = tag;
+            }
+            daemon.persist_or_log(&inner);
+        }
         if !named {
-            if let Some(name) = &snapshot.name {
+            if let (Some(name), Some(content)) = (&snapshot.name, snapshot.content) {
+                // Saved as soon as known: a restart adopts the right files, and only for
+                // this content.
                 named = true;
                 let mut inner = daemon.lock();
                 if let Some(entry) = inner.jobs.get_mut(&id) {
                     entry.name = Some(name.clone());
+                    entry.content = Some(content);
                 }
                 daemon.persist_or_log(&inner);
             }
@@ -341,6 +383,9 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
             if entry.name.is_none() {
                 entry.name = entry.info.name.clone();
             }
+            if entry.content.is_none() {
+                entry.content = entry.info.content;
+            }
         }
         entry.state = match (outcome, intent) {
             (Outcome::Completed(_), _) => JobState::Completed,
@@ -352,7 +397,7 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
                 if !keep {
                     // The job may have stopped for an earlier pause before the cancel
                     // arrived: make sure the partial files go, journal first.
-                    remove_partial(id, &entry.spec.dir, entry.name.as_deref());
+                    remove_partial(id, &entry.spec.dir, entry.name.as_deref(), &entry.tag);
                 }
                 JobState::Cancelled
             }
@@ -435,7 +480,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
         )));
     }
     if !keep && entry.resume_next {
-        remove_partial(id, &entry.spec.dir, entry.name.as_deref());
+        remove_partial(id, &entry.spec.dir, entry.name.as_deref(), &entry.tag);
     }
     entry.state = JobState::Cancelled;
     let snapshot = entry.snapshot();
@@ -447,9 +492,9 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
 
 /// Removes a job's partial files (journal first, so a crash half way leaves nothing that
 /// looks adoptable). A job that never learned its file name created none.
-fn remove_partial(id: JobId, dir: &std::path::Path, name: Option<&str>) {
+fn remove_partial(id: JobId, dir: &std::path::Path, name: Option<&str>, tag: &JobTag) {
     if let Some(name) = name {
-        if let Err(e) = DownloadStore::discard_partial(dir, name) {
+        if let Err(e) = DownloadStore::discard_partial(dir, name, tag) {
             warn!(job = id, error = %e, "could not remove partial files");
         }
     }
@@ -512,6 +557,7 @@ pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
             };
             let mut info = empty_info(record.id, &record.spec, state.clone());
             info.name = record.name.clone();
+            info.content = record.content;
             inner.jobs.insert(
                 record.id,
                 JobEntry {
@@ -522,6 +568,10 @@ pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
                     live: None,
                     resume_next: started_before,
                     restored_running: was_running,
+                    // A record from before tags existed owns no tagged files (its journal is
+                    // of an older format and is set aside on resume).
+                    tag: record.tag.unwrap_or_else(new_tag),
+                    content: record.content,
                 },
             );
         }
@@ -529,4 +579,27 @@ pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
         info!(jobs = counts, "job table restored");
     }
     pump(daemon);
+}
+
+/// A fresh random job tag (from the kernel's CSPRNG): unguessable, so a file planted by
+/// someone else cannot claim to be this job's without reading its journal, and unique, so no
+/// two jobs ever claim the same partial files.
+pub(crate) fn new_tag() -> JobTag {
+    let mut tag: JobTag = [0; 16];
+    let mut filled = 0;
+    while filled < tag.len() {
+        // SAFETY: the pointer and length describe the unfilled part of `tag`.
+        let n =
+            unsafe { libc::getrandom(tag[filled..].as_mut_ptr().cast(), tag.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // No CSPRNG (ancient kernel): fall back on time and pid, still unique per job.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            return (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+        }
+    }
+    tag
 }

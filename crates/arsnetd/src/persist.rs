@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arsnet_proto::control::{FetchSpec, GroupId, JobId, JobState, ServeSpec};
+use arsnet_proto::{Digest, JobTag};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "state.json";
@@ -25,6 +26,12 @@ pub struct JobRecord {
     /// The next start adopts the partial files (the job ran before).
     #[serde(default)]
     pub resume: bool,
+    /// The job's tag, carried by its partial files.
+    #[serde(default)]
+    pub tag: Option<JobTag>,
+    /// The content the job accepted (BLAKE3), once known.
+    #[serde(default)]
+    pub content: Option<Digest>,
 }
 
 /// One server group as persisted.

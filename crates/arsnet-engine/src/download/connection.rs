@@ -58,6 +58,8 @@ pub(crate) struct ConnHandle {
     pub received: Arc<AtomicU64>,
     /// `received` when the job last sampled it.
     pub sampled: u64,
+    /// The manifest this connection's server announced, once it has.
+    pub manifest: Option<Arc<Manifest>>,
     task: JoinHandle<()>,
 }
 
@@ -101,6 +103,7 @@ pub(crate) fn spawn_connection(
         commands: tx,
         received,
         sampled: 0,
+        manifest: None,
         task,
     }
 }
@@ -223,7 +226,14 @@ async fn run(
                     check_segment_head(&manifest, &head)
                         .map_err(|e| format!("protocol violation: {e}"))?;
                     let mut data = ctx.buffers.take(head.length as usize);
-                    let mut hasher = blake3::Hasher::new();
+                    // check_segment_head bounds the segment to the manifest: in range, and
+                    // exactly its length, so the hasher is never fed past its subtree.
+                    let Some(mut hasher) = manifest.segment_hasher(head.segment) else {
+                        return Err(format!(
+                            "protocol violation: segment {} out of range",
+                            head.segment
+                        ));
+                    };
                     for chunk in data.chunks_mut(READ_CHUNK) {
                         reader
                             .read_exact(chunk)
@@ -232,10 +242,7 @@ async fn run(
                         hasher.update(chunk);
                         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     }
-                    let verified = manifest
-                        .digests
-                        .get(head.segment as usize)
-                        .is_some_and(|d| hasher.finalize().as_bytes() == d);
+                    let verified = manifest.check_segment(head.segment, &hasher);
                     ConnEvent::Segment {
                         conn,
                         segment: head.segment,

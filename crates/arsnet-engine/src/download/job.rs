@@ -4,17 +4,19 @@
 //! `arsnet-sched`; this loop only moves events and bytes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::{JobId, JobInfo, JobState, SourceInfo};
-use arsnet_proto::Manifest;
+use arsnet_proto::control::{JobId, JobInfo, JobState, Pin, SourceInfo};
+use arsnet_proto::manifest::to_hex;
+use arsnet_proto::{Digest, JobTag, Manifest};
 use arsnet_sched::{
-    Action, Config as SchedConfig, ConnId, Layout, Phase, Scheduler, SegmentVerdict, ServerState,
+    Action, Config as SchedConfig, ConnId, ContentVotes, Layout, Phase, Scheduler, SegmentVerdict,
+    ServerState,
 };
-use arsnet_store::{DownloadStore, StoreError};
+use arsnet_store::{DownloadStore, Found, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -68,7 +70,32 @@ pub struct DownloadSpec {
     pub name: Option<String>,
     /// Replace an existing `dir/NAME`.
     pub overwrite: bool,
+    /// This job's tag: its partial files carry it, and only they are adopted or removed.
+    pub tag: JobTag,
+    /// Tags of the daemon's other jobs that still own their partial files (open or failed):
+    /// never adopted. A journal with any other tag is an orphan (its job was cancelled with
+    /// --keep, or is unknown to this daemon), which `fetch -r` may continue.
+    pub foreign_tags: Vec<JobTag>,
+    /// The content the user pinned.
+    pub pin: Option<Pin>,
+    /// The content this job accepted in an earlier run (its BLAKE3): nothing else is taken.
+    pub content: Option<Digest>,
     pub config: DownloadConfig,
+}
+
+impl DownloadSpec {
+    /// Whether partial files carrying `tag` may be adopted by this job.
+    fn may_adopt(&self, tag: &JobTag) -> bool {
+        *tag == self.tag || !self.foreign_tags.contains(tag)
+    }
+
+    /// The BLAKE3 the content must have, from the job's history or the user's pin.
+    fn required_content(&self) -> Option<Digest> {
+        self.content.or(match self.pin {
+            Some(Pin::Blake3(digest)) => Some(digest),
+            _ => None,
+        })
+    }
 }
 
 /// Operator commands to a running job.
@@ -111,6 +138,9 @@ struct Job {
     writer: Option<mpsc::Sender<WriteMsg>>,
     reports: Option<mpsc::UnboundedReceiver<WriteReport>>,
     adopted: u64,
+    /// The tag carried by the partial files this job holds (its own, or an orphan's it
+    /// adopted), once it holds any.
+    owner_tag: Option<JobTag>,
     bytes_done: u64,
     durable: u64,
     finishing: bool,
@@ -136,35 +166,7 @@ fn layout_of(manifest: &Manifest) -> Layout {
     Layout {
         segment_count: manifest.segment_count(),
         fingerprint: manifest.identity(),
-    }
-}
-
-/// Finds which partial download `fetch -r` should adopt in `dir`.
-fn find_partial(dir: &Path, name: Option<&str>) -> Result<Option<String>, String> {
-    const SUFFIX: &str = ".arsnet-segments";
-    if let Some(name) = name {
-        let exists = DownloadStore::journal_path(dir, name).exists();
-        return Ok(exists.then(|| name.to_string()));
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .map(String::from)
-        })
-        .collect();
-    names.sort();
-    match names.len() {
-        0 => Ok(None),
-        1 => Ok(names.pop()),
-        _ => Err(format!(
-            "{} holds several partial downloads ({}); resume needs exactly one per directory",
-            dir.display(),
-            names.join(", ")
-        )),
+        content: manifest.root,
     }
 }
 
@@ -201,8 +203,12 @@ pub async fn run_download(
         .collect();
     let config = sched_config(&spec.config);
     let servers = spec.sources.len();
+    let mut sched = Scheduler::new(config.clone(), servers, Duration::ZERO);
+    if let Some(content) = spec.required_content() {
+        sched.pin(content);
+    }
     let mut job = Job {
-        sched: Scheduler::new(config.clone(), servers, Duration::ZERO),
+        sched,
         spec,
         started,
         conns: HashMap::new(),
@@ -212,6 +218,7 @@ pub async fn run_download(
         writer: None,
         reports: None,
         adopted: 0,
+        owner_tag: None,
         bytes_done: 0,
         durable: 0,
         finishing: false,
@@ -244,37 +251,67 @@ impl Job {
         self.started.elapsed()
     }
 
-    /// Adopts the partial download in DIR, if any. `Ok(Some(path))` means it had in fact
-    /// finished (a crash hit between the final rename and the journal's removal).
+    /// Adopts this job's partial download in DIR, if any. `Ok(Some(path))` means it had in
+    /// fact finished (a crash hit between publishing and recording "completed"). A journal
+    /// that cannot be trusted is kept aside and the download starts over.
     async fn adopt_partial(&mut self, config: SchedConfig) -> Result<Option<PathBuf>, String> {
         let dir = self.spec.dir.clone();
-        let Some(name) = find_partial(&dir, self.spec.name.as_deref())? else {
-            info!(job = self.spec.id, dir = %dir.display(), "no partial download to resume; starting fresh");
-            return Ok(None);
-        };
-        // Only for a file this job itself was downloading (its name was recorded): a stray
-        // journal of some other download must not make this job "complete" unseen.
-        let finished = match self.spec.name.clone() {
-            Some(n) => {
-                let d = dir.clone();
-                tokio::task::spawn_blocking(move || DownloadStore::recover_finalized(&d, &n))
-                    .await
-                    .map_err(|e| format!("recovery task failed: {e}"))?
-                    .map_err(|e| format!("cannot resume: {e}"))?
+        let tag = self.spec.tag;
+        let content = self.spec.required_content();
+        let known = self.spec.name.clone();
+        if let (Some(name), Some(root)) = (known.clone(), self.spec.content) {
+            let d = dir.clone();
+            let finished =
+                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag))
+                    .await?
+                    .map_err(|e| format!("cannot resume: {e}"))?;
+            if let Some(path) = finished {
+                info!(job = self.spec.id, path = %path.display(), "found the download already finished and verified");
+                return Ok(Some(path));
             }
-            None => None,
-        };
-        if let Some(path) = finished {
-            info!(job = self.spec.id, path = %path.display(), "found the download already finished and verified; removed its stale journal");
-            return Ok(Some(path));
         }
+        let name = match known {
+            Some(name) => name,
+            None => {
+                let (d, spec) = (dir.clone(), self.spec.clone());
+                match blocking(move || DownloadStore::find_partial(&d, &|t| spec.may_adopt(t)))
+                    .await?
+                    .map_err(|e| format!("cannot resume: {e}"))?
+                {
+                    Found::Partial(name) => name,
+                    Found::Nothing => {
+                        info!(job = self.spec.id, dir = %dir.display(), "no partial download of this job to resume; starting fresh");
+                        return Ok(None);
+                    }
+                }
+            }
+        };
         let overwrite = self.spec.overwrite;
-        let adopted =
-            tokio::task::spawn_blocking(move || DownloadStore::adopt(&dir, &name, overwrite))
-                .await
-                .map_err(|e| format!("adopt task failed: {e}"))?
-                .map_err(|e| format!("cannot resume: {e}"))?;
-        let (store, adopted) = adopted;
+        let (d, n, spec) = (dir.clone(), name.clone(), self.spec.clone());
+        let adopted = blocking(move || {
+            DownloadStore::adopt(&d, &n, &|t| spec.may_adopt(t), content.as_ref(), overwrite)
+        })
+        .await?;
+        let (store, adopted) = match adopted {
+            Ok(adopted) => adopted,
+            Err(StoreError::NoPartial(_) | StoreError::JournalCorrupt { .. }) => {
+                // A crash while the partial files were being created (no journal yet, or a
+                // torn header): nothing verified exists, so keep the journal as evidence and
+                // start over.
+                let (d, n) = (dir.clone(), name.clone());
+                let kept = blocking(move || DownloadStore::set_aside(&d, &n))
+                    .await?
+                    .map_err(|e| format!("cannot resume: {e}"))?;
+                match kept {
+                    Some(path) => {
+                        warn!(job = self.spec.id, kept = %path.display(), "the journal could not be trusted; kept it aside and starting over")
+                    }
+                    None => info!(job = self.spec.id, "no journal to resume; starting over"),
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("cannot resume: {e}")),
+        };
         let manifest = Arc::new(store.manifest().clone());
         info!(
             job = self.spec.id,
@@ -288,6 +325,13 @@ impl Job {
         if !adopted.rejected.is_empty() {
             warn!(job = self.spec.id, segments = ?adopted.rejected, "journaled segments failed re-verification and will be fetched again");
         }
+        if adopted.tag != self.spec.tag {
+            info!(
+                job = self.spec.id,
+                "continuing partial files no other job owns; this job owns them now"
+            );
+        }
+        self.owner_tag = Some(adopted.tag);
         self.adopted = adopted.segments.len() as u64;
         self.durable = self.adopted;
         self.bytes_done = adopted
@@ -341,6 +385,9 @@ impl Job {
             if let Err(reason) = self.execute_actions() {
                 return self.abort(reason).await;
             }
+            if let Err(reason) = self.open_store_once_decided().await {
+                return self.abort(reason).await;
+            }
             match self.sched.phase() {
                 Phase::Complete if !self.finishing => {
                     if let Err(reason) = self.finish().await {
@@ -348,6 +395,10 @@ impl Job {
                     }
                 }
                 Phase::Failed(reason) => return self.abort(reason).await,
+                Phase::Disagreement(votes) => {
+                    let reason = disagreement(&votes, &self.sources);
+                    return self.abort(reason).await;
+                }
                 _ => {}
             }
             tokio::select! {
@@ -445,10 +496,12 @@ impl Job {
                     return Ok(());
                 }
                 let layout = layout_of(&manifest);
-                self.sched.on_header(now, conn, layout);
-                if self.manifest.is_none() && self.sched.layout() == Some(layout) {
-                    self.open_store(&manifest).await?;
+                if let Some(handle) = self.conns.get_mut(&conn) {
+                    // Kept until the content is decided: the store is created from the
+                    // manifest of a server that serves the winning content.
+                    handle.manifest = Some(manifest);
                 }
+                self.sched.on_header(now, conn, layout);
             }
             ConnEvent::Segment {
                 conn,
@@ -510,15 +563,36 @@ impl Job {
         "storage writer stopped unexpectedly".into()
     }
 
+    /// Once the scheduler accepted a content (pin, or majority), creates the store from the
+    /// manifest of a connection that serves it.
+    async fn open_store_once_decided(&mut self) -> Result<(), String> {
+        if self.manifest.is_some() {
+            return Ok(());
+        }
+        let Some(layout) = self.sched.layout() else {
+            return Ok(());
+        };
+        let manifest = self
+            .conns
+            .values()
+            .filter_map(|h| h.manifest.as_ref())
+            .find(|m| layout_of(m) == layout)
+            .cloned();
+        match manifest {
+            Some(manifest) => self.open_store(&manifest).await,
+            // Every server of the winning content dropped since: the next one to send its
+            // header brings the manifest.
+            None => Ok(()),
+        }
+    }
+
     /// First accepted header of a fresh download: refuse to clobber, then create the store.
     async fn open_store(&mut self, manifest: &Arc<Manifest>) -> Result<(), String> {
         let dir = self.spec.dir.clone();
         let m = manifest.clone();
         let overwrite = self.spec.overwrite;
-        let created =
-            tokio::task::spawn_blocking(move || DownloadStore::create(&dir, &m, overwrite))
-                .await
-                .map_err(|e| format!("store task failed: {e}"))?;
+        let tag = self.spec.tag;
+        let created = blocking(move || DownloadStore::create(&dir, &m, &tag, overwrite)).await?;
         let store = match created {
             Ok(store) => store,
             Err(StoreError::TargetExists(path)) => {
@@ -536,6 +610,7 @@ impl Job {
             Err(e) => return Err(e.to_string()),
         };
         info!(job = self.spec.id, file = %manifest.name, size = manifest.size, segments = manifest.segment_count(), "download started");
+        self.owner_tag = Some(tag);
         self.start_writer(store);
         self.set_manifest(manifest.clone());
         Ok(())
@@ -548,6 +623,10 @@ impl Job {
         writer
             .send(WriteMsg::Finish {
                 overwrite: self.spec.overwrite,
+                sha256: match self.spec.pin {
+                    Some(Pin::Sha256(digest)) => Some(digest),
+                    _ => None,
+                },
             })
             .await
             .map_err(|_| "storage writer stopped before finalizing".to_string())
@@ -680,6 +759,8 @@ impl Job {
             rate_bps: self.sources.iter().map(|s| s.meter.rate()).sum(),
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             sources,
+            content: self.manifest.as_ref().map(|m| m.root),
+            owner_tag: self.owner_tag,
         }
     }
 
@@ -717,4 +798,32 @@ async fn recv_report(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("storage task failed: {e}"))
+}
+
+/// The failure of an election without a strict majority: which servers serve which content,
+/// and how to choose.
+fn disagreement(votes: &[ContentVotes], sources: &[Source]) -> String {
+    let groups: Vec<String> = votes
+        .iter()
+        .map(|v| {
+            let servers: Vec<&str> = v
+                .servers
+                .iter()
+                .filter_map(|&s| sources.get(s).map(|s| s.address.as_str()))
+                .collect();
+            format!("BLAKE3 {} from {}", to_hex(&v.content), servers.join(", "))
+        })
+        .collect();
+    format!(
+        "the servers disagree about the content and none has a strict majority: {}; pin the \
+         one you mean with --blake3 HEX (as b3sum prints it)",
+        groups.join("; ")
+    )
 }

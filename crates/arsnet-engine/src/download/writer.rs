@@ -19,9 +19,10 @@ pub(crate) enum WriteMsg {
         segment: u64,
         data: Vec<u8>,
     },
-    /// Every segment is in: commit, then rename the dump into place.
+    /// Every segment is in: commit, check the SHA-256 pin if any, then publish the dump.
     Finish {
         overwrite: bool,
+        sha256: Option<[u8; 32]>,
     },
     /// Stop at a durable point; `discard` removes the partial files (cancel without --keep).
     Close {
@@ -112,13 +113,17 @@ impl Writer {
                 }
                 Ok(true)
             }
-            WriteMsg::Finish { overwrite } => {
+            WriteMsg::Finish { overwrite, sha256 } => {
                 self.commit().await?;
                 let store = self.store.take().ok_or("storage is gone")?;
-                let path = tokio::task::spawn_blocking(move || store.finalize(overwrite))
-                    .await
-                    .map_err(|e| format!("storage task failed: {e}"))?
-                    .map_err(|e| e.to_string())?;
+                let path = tokio::task::spawn_blocking(move || {
+                    if let Some(pin) = sha256 {
+                        check_sha256(&store, &pin)?;
+                    }
+                    store.finalize(overwrite).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| format!("storage task failed: {e}"))??;
                 let _ = self.reports.send(WriteReport::Finished(path));
                 Ok(false)
             }
@@ -175,4 +180,24 @@ pub(crate) fn spawn_writer(
         }
     });
     (tx, report_rx)
+}
+
+/// Hashes the finished dump through its descriptor and compares it with the user's SHA-256
+/// pin, before anything is published: a mismatch fails the job and leaves the partial files.
+fn check_sha256(store: &DownloadStore, pin: &[u8; 32]) -> Result<(), String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    store
+        .scan_dump(|bytes| hasher.update(bytes))
+        .map_err(|e| e.to_string())?;
+    let got: [u8; 32] = hasher.finalize().into();
+    if got == *pin {
+        Ok(())
+    } else {
+        Err(format!(
+            "the downloaded file's SHA-256 is {}, not the pinned {}; nothing was published",
+            arsnet_proto::manifest::to_hex(&got),
+            arsnet_proto::manifest::to_hex(pin)
+        ))
+    }
 }

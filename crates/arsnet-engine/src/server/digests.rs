@@ -12,7 +12,8 @@ use arsnet_proto::manifest::{digest_segment, segment_count, segment_range};
 use arsnet_proto::{Digest, Manifest};
 use tracing::{debug, info, warn};
 
-const CACHE_MAGIC: &[u8; 8] = b"ARSNDGS1";
+/// Version 2: digests are BLAKE3 chaining values (wire v2); older caches are not reused.
+const CACHE_MAGIC: &[u8; 8] = b"ARSNDGS2";
 
 /// Computes (or loads from `cache_dir`) the manifest of `file` served under `name`.
 pub fn build_manifest(
@@ -90,7 +91,7 @@ fn hash_segments(file: &File, size: u64, segment_size: u32) -> std::io::Result<V
                         let (offset, len) = segment_range(size, segment_size, index);
                         let buf = &mut buf[..len as usize];
                         file.read_exact_at(buf, offset)?;
-                        *slot = digest_segment(buf);
+                        *slot = digest_segment(size, segment_size, index, buf);
                     }
                     Ok(())
                 })

@@ -432,6 +432,7 @@ impl ServerGroup {
             file: self.path.clone(),
             name: self.served.get().manifest.name.clone(),
             size: self.served.get().manifest.size,
+            blake3: self.served.get().manifest.root,
             bind: self.bind.to_string(),
             ports: self.slots.iter().map(port_info).collect(),
         }

@@ -18,6 +18,7 @@ fn layout(segments: u64) -> Layout {
     Layout {
         segment_count: segments,
         fingerprint: [1; 32],
+        content: [1; 32],
     }
 }
 
@@ -228,7 +229,7 @@ fn handshake_timeout_drops_and_reconnects_after_backoff() {
 }
 
 #[test]
-fn backoff_doubles_and_resets_after_an_accepted_header() {
+fn backoff_doubles_and_resets_only_after_a_delivered_segment() {
     let config = Config::default();
     let mut s = Scheduler::new(config.clone(), 1, T0);
     let mut conn = connects(&drain(&mut s))[0];
@@ -243,11 +244,25 @@ fn backoff_doubles_and_resets_after_an_accepted_header() {
         conn = connects(&drain(&mut s))[0];
     }
     assert_eq!(delays, [ms(500), ms(1000), ms(2000)]);
+    // A header alone does not end the streak: a server that closes right after every
+    // header keeps backing off instead of being redialled every 500 ms forever.
     s.on_header(now, conn, layout(5));
     drain(&mut s);
     s.on_disconnected(now, conn, "reset");
+    assert_eq!(s.next_deadline(), Some(now + ms(4000)));
+    now += ms(4000);
+    s.on_tick(now);
+    conn = connects(&drain(&mut s))[0];
+    // A delivered segment does.
+    s.on_header(now, conn, layout(5));
+    let asked = requests(&drain(&mut s));
+    assert_eq!(
+        s.on_segment(now, conn, asked[0].1, true),
+        SegmentVerdict::Store
+    );
+    s.on_disconnected(now, conn, "reset");
     assert_eq!(s.next_deadline(), Some(now + config.backoff_initial));
-    assert_eq!(s.server_stats(0).failures, 4);
+    assert_eq!(s.server_stats(0).failures, 5);
 }
 
 #[test]
@@ -417,7 +432,7 @@ fn repeated_header_is_ignored_and_a_changed_one_blamed() {
     );
     assert_eq!(
         s.server_state(0),
-        &ServerState::Blamed("header mismatch".into())
+        &ServerState::Blamed("serves the content under another name or segment layout".into())
     );
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use arsnet_sched::{Config, ServerState};
+use arsnet_sched::{Action, Config, ConnId, Layout, Phase, Scheduler, ServerState};
 use proptest::prelude::*;
 
 use crate::world::{ms, Fault, Net, ServerSpec, World, BAD_FINGERPRINT, KIB};
@@ -81,9 +81,9 @@ fn case() -> impl Strategy<Value = Case> {
                 let mut servers: Vec<ServerSpec> = others
                     .into_iter()
                     .map(|(spec, mismatch)| {
-                        // Without a known layout the first header wins, so a wrong one could
-                        // legitimately blame the honest server; only test mismatches on resume.
-                        if mismatch && known_layout {
+                        // The content is known (resume) or pinned, so a server announcing
+                        // other content is always the one blamed.
+                        if mismatch {
                             spec.fingerprint(BAD_FINGERPRINT)
                         } else {
                             spec
@@ -102,6 +102,7 @@ fn case() -> impl Strategy<Value = Case> {
                         backoff_max: ms(800),
                         endgame,
                         max_copies,
+                        election_window: ms(500),
                     },
                     known_layout,
                     net: Net {
@@ -144,7 +145,7 @@ proptest! {
         let mut w = if case.known_layout {
             World::resumed(case.config.clone(), case.segments, &[], case.servers.clone(), case.net.clone())
         } else {
-            World::new(case.config.clone(), case.segments, case.servers.clone(), case.net.clone())
+            World::pinned(case.config.clone(), case.segments, case.servers.clone(), case.net.clone())
         };
         w.run(Duration::from_secs(600));
         w.assert_complete();
@@ -154,6 +155,89 @@ proptest! {
                 !matches!(w.sched.server_state(i), ServerState::Blamed(_)),
                 "honest server {} blamed: {:?}", i, w.sched.server_state(i)
             );
+        }
+    }
+}
+
+/// One server of an election: the content it announces (0..3), or `None` if it never
+/// answers (refused), and when its answer arrives.
+fn voter() -> impl Strategy<Value = (Option<u8>, u64)> {
+    (prop::option::weighted(0.85, 0u8..3), 0u64..4000)
+}
+
+fn layout_of(content: u8) -> Layout {
+    Layout {
+        segment_count: 10,
+        fingerprint: [content; 32],
+        content: [content; 32],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases() * 4, ..ProptestConfig::default() })]
+
+    /// Without a pin, the content is decided by a strict majority of the servers that
+    /// answered within the window (never by who answered first); without one the job fails
+    /// naming every content and its servers; minority servers are blamed, never used.
+    #[test]
+    fn election_follows_the_strict_majority_of_those_who_answered(voters in prop::collection::vec(voter(), 1..9)) {
+        let window = ms(2000);
+        let config = Config { election_window: window, ..Config::default() };
+        let mut sched = Scheduler::new(config, voters.len(), Duration::ZERO);
+        let mut conns: Vec<ConnId> = Vec::new();
+        while let Some(action) = sched.poll_action() {
+            if let Action::Connect { conn, .. } = action {
+                conns.push(conn);
+            }
+        }
+        prop_assert_eq!(conns.len(), voters.len());
+        let mut order: Vec<usize> = (0..voters.len()).collect();
+        order.sort_by_key(|&i| voters[i].1);
+        let first_answer = order.iter().find(|&&i| voters[i].0.is_some()).map(|&i| voters[i].1);
+        let mut counted: Vec<(usize, u8)> = Vec::new();
+        for &i in &order {
+            let at = ms(voters[i].1);
+            sched.on_tick(at);
+            let decided = sched.layout().is_some() || matches!(sched.phase(), Phase::Disagreement(_));
+            match voters[i].0 {
+                Some(content) => {
+                    sched.on_header(at, conns[i], layout_of(content));
+                    let in_window = first_answer.is_some_and(|f| voters[i].1 < f + 2000);
+                    if !decided && in_window {
+                        counted.push((i, content));
+                    }
+                }
+                None => sched.on_disconnected(at, conns[i], "refused"),
+            }
+            while sched.poll_action().is_some() {}
+        }
+        sched.on_tick(ms(10_000));
+        if counted.is_empty() {
+            prop_assert!(sched.layout().is_none());
+            return Ok(());
+        }
+        let total = counted.len();
+        let majority = (0..3u8).find(|c| counted.iter().filter(|(_, v)| v == c).count() * 2 > total);
+        match majority {
+            Some(winner) => {
+                prop_assert_eq!(sched.layout().map(|l| l.content), Some([winner; 32]));
+                for &(i, content) in &counted {
+                    let state = sched.server_state(i).clone();
+                    if content == winner {
+                        prop_assert!(matches!(state, ServerState::Active), "{} {:?}", i, state);
+                    } else {
+                        prop_assert!(matches!(&state, ServerState::Blamed(r) if r.contains("other content")), "{} {:?}", i, state);
+                    }
+                }
+            }
+            None => match sched.phase() {
+                Phase::Disagreement(votes) => {
+                    let named: usize = votes.iter().map(|v| v.servers.len()).sum();
+                    prop_assert_eq!(named, total);
+                    prop_assert!(votes.len() >= 2);
+                }
+                other => prop_assert!(false, "expected a disagreement, got {:?}", other),
+            },
         }
     }
 }

@@ -304,9 +304,12 @@ fn mismatching_header_is_blamed_and_the_others_complete() {
     w.run(secs(60.0));
     w.assert_complete();
     w.assert_each_stored_once(&[]);
-    assert_eq!(
-        w.sched.server_state(2),
-        &ServerState::Blamed("header mismatch".into())
+    // Two of three announced the honest content: the strict majority decides, once the
+    // third header is in (at 40 ms), and the minority is blamed for it.
+    assert!(
+        matches!(w.sched.server_state(2), ServerState::Blamed(r) if r.contains("other content") && r.contains("majority")),
+        "{:?}",
+        w.sched.server_state(2)
     );
     assert!(w
         .log
@@ -331,9 +334,10 @@ fn mismatching_header_is_blamed_even_when_first_if_layout_is_known() {
     w.run(secs(60.0));
     w.assert_complete();
     w.assert_each_stored_once(&[]);
-    assert_eq!(
-        w.sched.server_state(0),
-        &ServerState::Blamed("header mismatch".into())
+    assert!(
+        matches!(w.sched.server_state(0), ServerState::Blamed(r) if r.contains("other content") && r.contains("job's")),
+        "{:?}",
+        w.sched.server_state(0)
     );
     assert!(w.log.requests.iter().all(|&(_, s, _)| s != 0));
 }
@@ -513,7 +517,8 @@ fn empty_file_from_a_header_completes_on_that_header() {
     let mut w = World::new(config(), 0, specs, Net::default());
     w.run(secs(10.0));
     w.assert_complete();
-    assert_eq!(w.log.completed_at, Some(ms(10)));
+    // Unpinned, the content is decided once both servers answered (the slower at 18 ms).
+    assert_eq!(w.log.completed_at, Some(ms(18)));
     assert!(w.log.requests.is_empty());
 }
 

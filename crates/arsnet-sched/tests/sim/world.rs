@@ -246,6 +246,13 @@ impl World {
         Self::with_scheduler(sched, segments, specs, net)
     }
 
+    /// A fresh job pinned to the honest content: no election, other content is blamed.
+    pub fn pinned(config: Config, segments: u64, specs: Vec<ServerSpec>, net: Net) -> Self {
+        let mut sched = Scheduler::new(config, specs.len(), Duration::ZERO);
+        sched.pin(GOOD_FINGERPRINT);
+        Self::with_scheduler(sched, segments, specs, net)
+    }
+
     /// A resumed job: the layout is known and `done` segments are already stored.
     pub fn resumed(
         config: Config,
@@ -257,6 +264,7 @@ impl World {
         let layout = Layout {
             segment_count: segments,
             fingerprint: GOOD_FINGERPRINT,
+            content: GOOD_FINGERPRINT,
         };
         let sched = Scheduler::with_layout(config, specs.len(), layout, done, Duration::ZERO);
         Self::with_scheduler(sched, segments, specs, net)
@@ -271,6 +279,7 @@ impl World {
             layout: Layout {
                 segment_count: segments,
                 fingerprint: GOOD_FINGERPRINT,
+                content: GOOD_FINGERPRINT,
             },
             log: Log {
                 stores: vec![0; len],
@@ -325,7 +334,7 @@ impl World {
         let mut steps: u64 = 0;
         loop {
             match self.sched.phase() {
-                Phase::Complete | Phase::Failed(_) => return,
+                Phase::Complete | Phase::Failed(_) | Phase::Disagreement(_) => return,
                 Phase::Running | Phase::Waiting => {}
             }
             steps += 1;
@@ -532,6 +541,7 @@ impl World {
                 let layout = Layout {
                     segment_count: self.layout.segment_count,
                     fingerprint: self.specs[server].fingerprint,
+                    content: self.specs[server].fingerprint,
                 };
                 self.sched.on_header(now, conn, layout);
             }

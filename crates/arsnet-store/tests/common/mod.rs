@@ -1,11 +1,15 @@
 //! Helpers shared by the integration tests: deterministic file contents and their manifests.
 #![allow(dead_code)]
 
-use arsnet_proto::manifest::digest_segment;
+use arsnet_proto::manifest::digest_all;
 use arsnet_proto::Manifest;
 
 /// The smallest legal segment size keeps test files tiny.
 pub const SEG: u32 = 4096;
+
+/// The owner tag of the test's download job.
+#[allow(dead_code)]
+pub const TAG: [u8; 16] = [0x42; 16];
 
 /// `len` pseudo-random bytes determined by `seed`.
 pub fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -22,7 +26,7 @@ pub fn content(len: usize, seed: u64) -> Vec<u8> {
 
 /// The manifest of `data` under `name` with `SEG`-byte segments.
 pub fn manifest(name: &str, data: &[u8]) -> Manifest {
-    let digests = data.chunks(SEG as usize).map(digest_segment).collect();
+    let digests = digest_all(data, SEG);
     Manifest::new(name.to_owned(), data.len() as u64, SEG, digests).unwrap()
 }
 

@@ -1,5 +1,5 @@
 //! A faulty-server kit: a minimal, deliberately misbehaving implementation of the server side
-//! of wire protocol v1 (blocking std sockets, one thread per connection), for testing that
+//! of wire protocol v2 (blocking std sockets, one thread per connection), for testing that
 //! the client blames bad servers and refuses hostile headers.
 
 use std::io::{Read, Write};
@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arsnet_proto::manifest::{compute_root, digest_segment, segment_count, segment_range};
+use arsnet_proto::manifest::{compute_root, digest_all, segment_count, segment_range};
 use arsnet_proto::wire::{
     decode_client, parse_frame_head, ClientFrame, Header, SegmentHead, ServerFrame,
 };
@@ -26,6 +26,9 @@ pub enum Fault {
     Slow(Duration),
     /// Sends half of the first segment asked for, then nothing, keeping the connection open.
     Stall,
+    /// Announces a file of this many bytes (16 MiB segments, made-up digests) and never
+    /// sends a byte of it.
+    AnnounceSize(u64),
 }
 
 pub struct FaultyServer {
@@ -71,13 +74,22 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<ClientFrame> {
 }
 
 fn serve(mut stream: TcpStream, s: &Served) -> std::io::Result<()> {
-    let size = s.data.len() as u64;
     let _hello = read_frame(&mut stream)?;
-    let digests: Vec<_> = s
-        .data
-        .chunks(s.segment_size as usize)
-        .map(digest_segment)
-        .collect();
+    let (size, segment_size, digests) = match s.fault {
+        Fault::AnnounceSize(size) => {
+            let segment_size = 16 << 20;
+            let count = segment_count(size, segment_size);
+            let digests = (0..count)
+                .map(|i| *blake3::hash(&i.to_be_bytes()).as_bytes())
+                .collect();
+            (size, segment_size, digests)
+        }
+        _ => (
+            s.data.len() as u64,
+            s.segment_size,
+            digest_all(&s.data, s.segment_size),
+        ),
+    };
     let name = match &s.fault {
         Fault::Name(name) => name.clone(),
         _ => s.name.clone(),
@@ -86,9 +98,9 @@ fn serve(mut stream: TcpStream, s: &Served) -> std::io::Result<()> {
     ServerFrame::Header(Header {
         name,
         size,
-        segment_size: s.segment_size,
-        segment_count: segment_count(size, s.segment_size),
-        root: compute_root(size, s.segment_size, &digests),
+        segment_size,
+        segment_count: segment_count(size, segment_size),
+        root: compute_root(size, segment_size, &digests),
     })
     .encode(&mut out);
     for (i, chunk) in digests.chunks(4096).enumerate() {

@@ -2,7 +2,9 @@
 //! files. Each test makes its own temp dir, daemons and ports, so tests run in parallel.
 
 mod control;
+mod dir_attacks;
 mod engine;
 mod faulty;
+mod server_abuse;
 mod socket_trust;
 mod util;

@@ -178,6 +178,8 @@ fn completed_job() -> JobInfo {
         rate_bps: 0,
         elapsed_ms: 1,
         sources: vec![],
+        content: None,
+        owner_tag: None,
     }
 }
 

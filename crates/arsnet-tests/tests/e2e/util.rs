@@ -398,3 +398,143 @@ pub fn assert_closed_with(reader: &mut impl std::io::Read, needle: &str) {
 pub fn is_listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
+
+/// Runs `arsnetctl --socket S ARGS...` but gives up after `timeout`: the child is killed and
+/// `None` returned, so a test of something that hangs fails instead of hanging. Output goes
+/// to files in the daemon's root (not pipes, which a chatty `--wait` could fill).
+pub fn ctl_within(d: &Daemon, args: &[&str], timeout: Duration) -> Option<Output> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (out_path, err_path) = (
+        d.root.join(format!("ctl-{n}.stdout")),
+        d.root.join(format!("ctl-{n}.stderr")),
+    );
+    let mut child = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("run arsnetctl");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for arsnetctl") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Some(Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    })
+}
+
+/// A TCP connection to `127.0.0.1:port` from the loopback address `source` (any of
+/// 127.0.0.0/8 works on Linux), so that a test can play several client machines. The
+/// connect gives up after `timeout` (Linux applies SO_SNDTIMEO to connect).
+pub fn connect_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket calls on a descriptor owned by `stream` from the moment it
+    // exists (so it is closed on every error path), with correctly sized arguments.
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ))?;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let from = sockaddr(source, 0);
+        check(libc::bind(
+            fd,
+            (&from as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        let to = sockaddr(std::net::Ipv4Addr::LOCALHOST, port);
+        check(libc::connect(
+            fd,
+            (&to as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        Ok(stream)
+    }
+}
+
+/// The wire HELLO frame of the protocol version this build speaks.
+pub fn hello_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    arsnet_proto::wire::ClientFrame::Hello {
+        version: arsnet_proto::limits::WIRE_VERSION,
+    }
+    .encode(&mut frame);
+    frame
+}
+
+/// A client daemon, and a server daemon serving `slow.bin` (`size` bytes) on 4 ports each
+/// limited to `rate_per_server` bytes/s: what failover, pause and crash tests need.
+pub struct Slow {
+    pub tmp: tempfile::TempDir,
+    pub servers: Daemon,
+    pub client: Daemon,
+    pub ports: Vec<u16>,
+    pub data: Vec<u8>,
+    pub out: std::path::PathBuf,
+}
+
+pub fn slow_setup(size: usize, rate_per_server: u64) -> Slow {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("slow.bin");
+    let data = write_file(&file, size, 1234);
+    let ports = free_ports(4);
+    let rate = rate_per_server.to_string();
+    serve(&servers, &file, &ports, &["--rate", &rate]);
+    let out = tmp.path().join("out");
+    Slow {
+        tmp,
+        servers,
+        client,
+        ports,
+        data,
+        out,
+    }
+}
