@@ -128,6 +128,62 @@ impl Dir {
         })
     }
 
+    /// Opens `path` as [`Dir::open`] does, and refuses it unless it is the directory whose
+    /// (device, inode) is `expected` — the one a caller proved it could use when it asked.
+    pub fn open_expecting(path: &Path, expected: Option<(u64, u64)>) -> Result<Dir, StoreError> {
+        let dir = Dir::open(path)?;
+        match expected {
+            Some(identity) if dir.identity()? != identity => Err(StoreError::Untrusted {
+                path: path.to_path_buf(),
+                reason: "it is no longer the directory the download was asked for (it was \
+                         replaced or moved since)"
+                    .into(),
+            }),
+            _ => Ok(dir),
+        }
+    }
+
+    /// (device, inode) of the held directory.
+    pub fn identity(&self) -> Result<(u64, u64), StoreError> {
+        let st =
+            fstat_fd(self.fd.as_raw_fd()).map_err(|e| StoreError::io("checking", &self.path, e))?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// A second handle on the same directory (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Dir, StoreError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| StoreError::io("opening directory", &self.path, e))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+            owner: self.owner,
+        })
+    }
+
+    /// The names in the directory (read through the held descriptor where /proc allows).
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        let entries = std::fs::read_dir(&via_fd)
+            .or_else(|_| std::fs::read_dir(&self.path))
+            .map_err(|e| StoreError::io("reading", &self.path, e))?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    /// Gives the open `file` to `uid`:`gid` (a root daemon publishing a caller's download,
+    /// so that the caller owns its file).
+    pub fn chown_file(file: &File, path: &Path, uid: u32, gid: u32) -> Result<(), StoreError> {
+        // SAFETY: fchown on a valid descriptor with plain integer ids.
+        check(unsafe { libc::fchown(file.as_raw_fd(), uid, gid) })
+            .map(|_| ())
+            .map_err(|e| StoreError::io("giving to its owner", path, e))
+    }
+
     /// The directory's path as the user gave it (for messages).
     pub fn path(&self) -> &Path {
         &self.path
@@ -181,6 +237,37 @@ impl Dir {
             path: path.to_path_buf(),
             reason,
         })
+    }
+
+    /// Whether `entry` is a regular file of `uid` with one link (a published download
+    /// belongs to the caller it was made for, which may not be the daemon's user).
+    pub fn owned_by(entry: &Entry, uid: u32) -> bool {
+        entry.kind == EntryKind::File && entry.uid == uid && entry.nlink == 1
+    }
+
+    /// Opens the published file `name` read-only, never through a symlink, when it is a
+    /// regular file of `uid` with one link (checked on the open descriptor).
+    pub fn open_published(&self, name: &str, uid: u32) -> Result<Option<File>, StoreError> {
+        let path = self.join(name);
+        let c = cstr(name).map_err(|e| StoreError::io("opening", &path, e))?;
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: valid dir descriptor and NUL-terminated name.
+        let rc = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+        let fd = match check(rc) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(StoreError::io("opening", &path, e)),
+        };
+        // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let st = fstat_fd(file.as_raw_fd()).map_err(|e| StoreError::io("checking", &path, e))?;
+        if !Dir::owned_by(&Entry::from_stat(&st), uid) {
+            return Ok(None);
+        }
+        clear_nonblock(&file).map_err(|e| StoreError::io("opening", &path, e))?;
+        Ok(Some(file))
     }
 
     /// Opens the existing file `name` for reading and writing; `None` when it does not exist.

@@ -57,20 +57,19 @@ impl DownloadStore {
     /// then creates the journal and fsyncs again, so a journal on disk always has its dump.
     /// On failure the files this call created (and only those inodes) are removed.
     pub fn create(
-        dir: &Path,
+        dir: Dir,
         manifest: &Manifest,
         tag: &JobTag,
         overwrite: bool,
     ) -> Result<Self, StoreError> {
-        let name = checked_name(manifest.name.as_bytes(), dir)?.to_owned();
+        let name = checked_name(manifest.name.as_bytes(), dir.path())?.to_owned();
         manifest.validate().map_err(|e| {
             StoreError::io(
                 "creating a download in",
-                dir,
+                dir.path(),
                 io::Error::new(io::ErrorKind::InvalidInput, e),
             )
         })?;
-        let dir = Dir::open(dir)?;
         check_target(&dir, &name, overwrite)?;
         for partial in [dump_name(&name), journal_name(&name)] {
             if dir.entry(&partial)?.is_some() {
@@ -132,14 +131,13 @@ impl DownloadStore {
     /// for a symlink or a file not ours; `TargetExists` if `DIR/NAME` exists and
     /// `!overwrite`.
     pub fn adopt(
-        dir: &Path,
+        dir: Dir,
         name: &str,
         may_adopt: &dyn Fn(&JobTag) -> bool,
         expected_root: Option<&Digest>,
         overwrite: bool,
     ) -> Result<(Self, Adopted), StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?.to_owned();
-        let dir = Dir::open(dir)?;
+        let name = checked_name(name.as_bytes(), dir.path())?.to_owned();
         let paths = StorePaths::new(dir.path(), &name);
         check_target(&dir, &name, overwrite)?;
         let Some(journal) = dir.open_file(&journal_name(&name))? else {
@@ -251,7 +249,11 @@ impl DownloadStore {
     /// The journal stays open, and so locked, until it is gone. Without `overwrite` an
     /// existing `DIR/NAME` is refused (`TargetExists`); with it, only a regular file of ours
     /// is replaced (`Untrusted` otherwise). Returns `DIR/NAME`.
-    pub fn finalize(mut self, overwrite: bool) -> Result<PathBuf, StoreError> {
+    pub fn finalize(
+        mut self,
+        overwrite: bool,
+        give_to: Option<(u32, u32)>,
+    ) -> Result<PathBuf, StoreError> {
         self.store.finish()?;
         let DownloadStore {
             dir,
@@ -268,6 +270,10 @@ impl DownloadStore {
                 check_replaceable(&dir, &existing, &target)?;
                 dir.remove_if_same(&name, &existing)?;
             }
+        }
+        if let Some((uid, gid)) = give_to {
+            // Verified and synced: from here on the file is the caller's.
+            Dir::chown_file(&dump, &paths.dump, uid, gid)?;
         }
         publish(&dir, &dump, &dump_id, &name, &target)?;
         dir.sync()?;
@@ -287,7 +293,6 @@ impl DownloadStore {
         dir.sync()?;
         drop(journal);
         drop(dump);
-        let _ = paths;
         Ok(target)
     }
 
@@ -296,21 +301,22 @@ impl DownloadStore {
     /// content), after removing this job's leftover journal (and a dump that is the same
     /// inode, or listed by that journal). `None` when `DIR/NAME` is absent or other content.
     pub fn verify_published(
-        dir: &Path,
+        dir: &Dir,
         name: &str,
         root: &Digest,
         tag: &JobTag,
+        owner: u32,
     ) -> Result<Option<PathBuf>, StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?.to_owned();
-        let dir = Dir::open(dir)?;
+        let name = checked_name(name.as_bytes(), dir.path())?.to_owned();
         let target = dir.join(&name);
         let Some(entry) = dir.entry(&name)? else {
             return Ok(None);
         };
-        if dir.check_ours(&entry, &target).is_err() {
+        let published_by_us = Dir::owned_by(&entry, owner);
+        if !published_by_us {
             return Ok(None);
         }
-        let Some(mut file) = dir.open_file(&name)? else {
+        let Some(mut file) = dir.open_published(&name, owner)? else {
             return Ok(None);
         };
         let mut hasher = blake3::Hasher::new();
@@ -382,9 +388,8 @@ impl DownloadStore {
     /// another job, or that cannot be shown to be this job's (a corrupt journal), are left
     /// alone and reported as `Foreign`. Missing files are not an error. Refuses (`InUse`)
     /// while another download holds the journal.
-    pub fn discard_partial(dir: &Path, name: &str, tag: &JobTag) -> Result<(), StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?.to_owned();
-        let dir = Dir::open(dir)?;
+    pub fn discard_partial(dir: &Dir, name: &str, tag: &JobTag) -> Result<(), StoreError> {
+        let name = checked_name(name.as_bytes(), dir.path())?.to_owned();
         let journal_path = dir.join(&journal_name(&name));
         let Some(journal) = dir.open_file(&journal_name(&name))? else {
             return Ok(());
@@ -420,9 +425,8 @@ impl DownloadStore {
     /// and removes the dump (nothing in it was verified, so nothing verified is lost), so
     /// the download can start over. Only regular files of ours are touched. Returns where
     /// the journal was kept, if there was one.
-    pub fn set_aside(dir: &Path, name: &str) -> Result<Option<PathBuf>, StoreError> {
-        let name = checked_name(name.as_bytes(), dir)?.to_owned();
-        let dir = Dir::open(dir)?;
+    pub fn set_aside(dir: &Dir, name: &str) -> Result<Option<PathBuf>, StoreError> {
+        let name = checked_name(name.as_bytes(), dir.path())?.to_owned();
         let mut kept = None;
         if let Some(journal) = dir.open_file(&journal_name(&name))? {
             let journal_path = dir.join(&journal_name(&name));
@@ -449,20 +453,15 @@ impl DownloadStore {
     /// Journals of other jobs, unreadable ones and anything that is not a regular file of
     /// ours are skipped; of several candidates the last by name is taken.
     pub fn find_partial(
-        dir: &Path,
+        held: &Dir,
         may_adopt: &dyn Fn(&JobTag) -> bool,
     ) -> Result<Found, StoreError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io("reading", dir, e))?;
-        let held = Dir::open(dir)?;
         let mut names: Vec<String> = Vec::new();
-        for entry in entries.filter_map(Result::ok) {
-            let Some(file_name) = entry.file_name().to_str().map(String::from) else {
-                continue;
-            };
+        for file_name in held.names()? {
             let Some(name) = file_name.strip_suffix(JOURNAL_SUFFIX) else {
                 continue;
             };
-            if checked_name(name.as_bytes(), dir).is_err() {
+            if checked_name(name.as_bytes(), held.path()).is_err() {
                 continue;
             }
             let Ok(Some(journal)) = held.open_file(&file_name) else {

@@ -11,9 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arsnet_proto::Manifest;
+use arsnet_store::dir::Dir;
 use arsnet_store::journal::{encode_header, header_len, RECORD_LEN};
 use arsnet_store::{BlockFile, DownloadStore, Journal, Store, StoreError, StorePaths};
 use common::{content, manifest, segment, SEG, TAG};
+
+/// The test's download directory, held open as the store wants it.
+fn held(path: &Path) -> Dir {
+    Dir::open(path).unwrap()
+}
+
+/// The uid the test runs as (which owns the files it makes).
+fn me() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
 
 /// The test job's claim: only files carrying its own tag.
 fn ours(tag: &[u8; 16]) -> bool {
@@ -33,7 +45,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 
 /// Creates a download and commits `batches` (each written, then committed as one batch).
 fn store_with(dir: &Path, m: &Manifest, data: &[u8], batches: &[&[u64]]) -> DownloadStore {
-    let mut store = DownloadStore::create(dir, m, &TAG, false).unwrap();
+    let mut store = DownloadStore::create(held(dir), m, &TAG, false).unwrap();
     for batch in batches {
         for &s in *batch {
             store.write_segment(s, segment(m, data, s)).unwrap();
@@ -92,7 +104,7 @@ fn round_trip_for_sizes_on_and_off_the_segment_boundary() {
         drop(store);
 
         let (mut store, adopted) =
-            DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+            DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
         assert_eq!(adopted.segments, first, "size {size}");
         assert!(adopted.rejected.is_empty());
         assert_eq!(adopted.ignored_tail_bytes, 0);
@@ -104,7 +116,7 @@ fn round_trip_for_sizes_on_and_off_the_segment_boundary() {
             store.write_segment(s, segment(&m, &data, s)).unwrap();
         }
         store.commit(&uncommitted).unwrap();
-        let path = store.finalize(false).unwrap();
+        let path = store.finalize(false, None).unwrap();
         assert_eq!(path, dir.path().join(NAME));
         assert_eq!(fs::read(&path).unwrap(), data, "size {size}");
         assert_eq!(dir_entries(dir.path()), vec![NAME.to_owned()]);
@@ -116,16 +128,17 @@ fn zero_size_file() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(NAME, &[]);
     assert_eq!(m.segment_count(), 0);
-    let mut store = DownloadStore::create(dir.path(), &m, &TAG, false).unwrap();
+    let mut store = DownloadStore::create(held(dir.path()), &m, &TAG, false).unwrap();
     store.commit(&[]).unwrap();
     assert!(matches!(
         store.write_segment(0, &[]),
         Err(StoreError::BadSegment { segment: 0, .. })
     ));
     drop(store);
-    let (store, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (store, adopted) =
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert!(adopted.segments.is_empty() && adopted.rejected.is_empty());
-    let path = store.finalize(false).unwrap();
+    let path = store.finalize(false, None).unwrap();
     assert_eq!(fs::read(&path).unwrap(), Vec::<u8>::new());
     assert_eq!(dir_entries(dir.path()), vec![NAME.to_owned()]);
 }
@@ -135,7 +148,7 @@ fn bad_segments_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = content(2 * SEG as usize + 10, 1);
     let m = manifest(NAME, &data);
-    let mut store = DownloadStore::create(dir.path(), &m, &TAG, false).unwrap();
+    let mut store = DownloadStore::create(held(dir.path()), &m, &TAG, false).unwrap();
     let wrong_len = store.write_segment(2, &data[..100]).unwrap_err();
     assert!(
         wrong_len
@@ -157,13 +170,13 @@ fn bad_segments_are_refused() {
     store.write_segment(0, segment(&m, &data, 0)).unwrap();
     store.commit(&[0, 0]).unwrap();
     assert_eq!(store.committed_count(), 1);
-    let incomplete = store.finalize(false).unwrap_err();
+    let incomplete = store.finalize(false, None).unwrap_err();
     assert!(
         matches!(incomplete, StoreError::BadSegment { segment: 1, .. }),
         "{incomplete}"
     );
     assert!(!dir.path().join(NAME).exists());
-    let (_, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (_, adopted) = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert_eq!(adopted.segments, vec![0]);
 }
 
@@ -185,7 +198,7 @@ fn two_record_journal(dir: &Path) -> (Manifest, Vec<u8>, u64) {
 /// prefix by appending segment 2 and adopting again.
 fn check_torn(dir: &Path, data: &[u8], expect: &[u64], ignored: u64, header: u64) {
     let journal = DownloadStore::journal_path(dir, NAME);
-    let (mut store, adopted) = DownloadStore::adopt(dir, NAME, &ours, None, false).unwrap();
+    let (mut store, adopted) = DownloadStore::adopt(held(dir), NAME, &ours, None, false).unwrap();
     assert_eq!(adopted.segments, expect);
     assert_eq!(adopted.ignored_tail_bytes, ignored);
     let good = header + (expect.len() * RECORD_LEN) as u64;
@@ -198,7 +211,7 @@ fn check_torn(dir: &Path, data: &[u8], expect: &[u64], ignored: u64, header: u64
     store.write_segment(2, segment(&m, data, 2)).unwrap();
     store.commit(&[2]).unwrap();
     drop(store);
-    let (_, again) = DownloadStore::adopt(dir, NAME, &ours, None, false).unwrap();
+    let (_, again) = DownloadStore::adopt(held(dir), NAME, &ours, None, false).unwrap();
     let mut want = expect.to_vec();
     want.push(2);
     assert_eq!(again.segments, want);
@@ -284,7 +297,7 @@ fn corrupt_header_is_refused_with_a_reason() {
     let pristine = fs::read(&path).unwrap();
     let adopt_with = |bytes: &[u8]| {
         fs::write(&path, bytes).unwrap();
-        DownloadStore::adopt(dir.path(), NAME, &ours, None, false).map(|_| ())
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).map(|_| ())
     };
 
     // Any flipped header byte is refused.
@@ -337,7 +350,7 @@ fn corrupt_header_is_refused_with_a_reason() {
 
     // The good journal is still fine.
     fs::write(&path, &pristine).unwrap();
-    let (store, _) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (store, _) = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert_eq!(store.manifest(), &m);
 }
 
@@ -380,7 +393,8 @@ fn adopt_rejects_segments_whose_bytes_are_corrupt() {
     dump[3 * SEG as usize + 4] ^= 0x01; // last byte of the short last segment
     fs::write(&dump_path, &dump).unwrap();
 
-    let (mut store, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (mut store, adopted) =
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert_eq!(adopted.segments, vec![0, 2]);
     assert_eq!(adopted.rejected, vec![1, 3]);
     assert!(!store.is_committed(1));
@@ -389,23 +403,23 @@ fn adopt_rejects_segments_whose_bytes_are_corrupt() {
         store.write_segment(s, segment(&m, &data, s)).unwrap();
     }
     store.commit(&[1, 3]).unwrap();
-    let path = store.finalize(false).unwrap();
+    let path = store.finalize(false, None).unwrap();
     assert_eq!(fs::read(path).unwrap(), data);
 }
 
 #[test]
 fn adopt_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(matches!(&err, StoreError::NoPartial(p) if p.ends_with("payload.bin.arsnet-segments")));
-    let err = DownloadStore::adopt(dir.path(), "../x", &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), "../x", &ours, None, false).unwrap_err();
     assert!(err.to_string().contains("../x"), "{err}");
 
     let data = content(SEG as usize, 2);
     let m = manifest(NAME, &data);
     drop(store_with(dir.path(), &m, &data, &[&[0]]));
     fs::write(dir.path().join(NAME), b"someone else's").unwrap();
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(matches!(err, StoreError::TargetExists(_)), "{err:?}");
     fs::remove_file(dir.path().join(NAME)).unwrap();
 
@@ -420,7 +434,7 @@ fn adopt_errors() {
         DownloadStore::dump_path(dir.path(), "other"),
     )
     .unwrap();
-    let err = DownloadStore::adopt(dir.path(), "other", &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), "other", &ours, None, false).unwrap_err();
     assert!(
         matches!(&err, StoreError::Foreign { reason, .. } if reason.contains("payload.bin")),
         "{err:?}"
@@ -428,11 +442,11 @@ fn adopt_errors() {
 
     // Journal without dump.
     fs::remove_file(DownloadStore::dump_path(dir.path(), NAME)).unwrap();
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("payload.bin.arsnet-dump"), "{err}");
-    DownloadStore::discard_partial(dir.path(), NAME, &TAG).unwrap();
-    DownloadStore::discard_partial(dir.path(), "other", &TAG).unwrap();
+    DownloadStore::discard_partial(&held(dir.path()), NAME, &TAG).unwrap();
+    DownloadStore::discard_partial(&held(dir.path()), "other", &TAG).unwrap();
     assert!(dir_entries(dir.path()).is_empty());
 }
 
@@ -446,7 +460,7 @@ fn create_refuses_existing_partials_and_targets() {
 
     for partial in [&dump, &journal] {
         fs::write(partial, b"x").unwrap();
-        match DownloadStore::create(dir.path(), &m, &TAG, false) {
+        match DownloadStore::create(held(dir.path()), &m, &TAG, false) {
             Err(StoreError::PartialExists(p)) => assert_eq!(&p, partial),
             other => panic!("expected PartialExists, got {other:?}"),
         }
@@ -456,7 +470,7 @@ fn create_refuses_existing_partials_and_targets() {
 
     let target = dir.path().join(NAME);
     fs::write(&target, b"old").unwrap();
-    match DownloadStore::create(dir.path(), &m, &TAG, false) {
+    match DownloadStore::create(held(dir.path()), &m, &TAG, false) {
         Err(StoreError::TargetExists(p)) => assert_eq!(p, target),
         other => panic!("expected TargetExists, got {other:?}"),
     }
@@ -464,12 +478,12 @@ fn create_refuses_existing_partials_and_targets() {
 
     let mut bad = m.clone();
     bad.name = "../escape".into();
-    let err = DownloadStore::create(dir.path(), &bad, &TAG, true).unwrap_err();
+    let err = DownloadStore::create(held(dir.path()), &bad, &TAG, true).unwrap_err();
     assert!(err.to_string().contains("../escape"), "{err}");
     let mut bad = m.clone();
     bad.name = "fresh".into();
     bad.root[0] ^= 1;
-    let err = DownloadStore::create(dir.path(), &bad, &TAG, true).unwrap_err();
+    let err = DownloadStore::create(held(dir.path()), &bad, &TAG, true).unwrap_err();
     assert!(
         err.to_string().contains("root digest does not match"),
         "{err}"
@@ -485,7 +499,7 @@ fn finalize_refuses_to_overwrite_unless_asked() {
     let target = dir.path().join(NAME);
     fs::write(&target, b"old").unwrap();
     let store = {
-        let mut store = DownloadStore::create(dir.path(), &m, &TAG, true).unwrap();
+        let mut store = DownloadStore::create(held(dir.path()), &m, &TAG, true).unwrap();
         for s in 0..3 {
             store.write_segment(s, segment(&m, &data, s)).unwrap();
         }
@@ -494,7 +508,7 @@ fn finalize_refuses_to_overwrite_unless_asked() {
     };
     let dump = store.paths().dump.clone();
     let journal = store.paths().journal.clone();
-    match store.finalize(false) {
+    match store.finalize(false, None) {
         Err(StoreError::TargetExists(p)) => assert_eq!(p, target),
         other => panic!("expected TargetExists, got {other:?}"),
     }
@@ -503,9 +517,9 @@ fn finalize_refuses_to_overwrite_unless_asked() {
     assert_eq!(fs::read(&dump).unwrap(), data);
     assert!(journal.exists());
 
-    let (store, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, true).unwrap();
+    let (store, adopted) = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, true).unwrap();
     assert_eq!(adopted.segments, vec![0, 1, 2]);
-    assert_eq!(store.finalize(true).unwrap(), target);
+    assert_eq!(store.finalize(true, None).unwrap(), target);
     assert_eq!(fs::read(&target).unwrap(), data);
     assert_eq!(dir_entries(dir.path()), vec![NAME.to_owned()]);
 }
@@ -520,7 +534,7 @@ fn discard_removes_both_files() {
     store.discard().unwrap();
     assert!(dir_entries(dir.path()).is_empty());
     // Starting again after a discard works.
-    drop(DownloadStore::create(dir.path(), &m, &TAG, false).unwrap());
+    drop(DownloadStore::create(held(dir.path()), &m, &TAG, false).unwrap());
 }
 
 /// A real file that fails writes with ENOSPC once its disk is "full".
@@ -616,7 +630,7 @@ fn enospc_is_a_clear_error_and_committed_state_survives() {
     drop(store);
 
     // What was committed before is still adoptable; the half-written segment is not listed.
-    let (_, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (_, adopted) = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert_eq!(adopted.segments, vec![0]);
     assert!(adopted.rejected.is_empty());
 }
@@ -628,19 +642,20 @@ fn a_partial_download_has_one_owner_at_a_time() {
     let m = manifest(NAME, &data);
     let first = store_with(dir.path(), &m, &data, &[&[0]]);
     // While the first store is open, nobody else may adopt the same files...
-    match DownloadStore::adopt(dir.path(), NAME, &ours, None, false) {
+    match DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false) {
         Err(StoreError::InUse(path)) => assert!(path.ends_with(format!("{NAME}.arsnet-segments"))),
         other => panic!("expected InUse, got {other:?}"),
     }
     // ...nor remove them.
     assert!(matches!(
-        DownloadStore::discard_partial(dir.path(), NAME, &TAG),
+        DownloadStore::discard_partial(&held(dir.path()), NAME, &TAG),
         Err(StoreError::InUse(_))
     ));
     assert!(DownloadStore::journal_path(dir.path(), NAME).exists());
     // ...and once it is closed (or its process died), adoption works.
     drop(first);
-    let (_second, adopted) = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap();
+    let (_second, adopted) =
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap();
     assert_eq!(adopted.segments, vec![0]);
 }
 
@@ -659,7 +674,8 @@ fn a_finalize_interrupted_after_the_link_is_recognised_by_content() {
     )
     .unwrap();
     // Nothing there, or a different file in its place, is not taken for the download.
-    let published = |d: &Path| DownloadStore::verify_published(d, NAME, &m.root, &TAG).unwrap();
+    let published =
+        |d: &Path| DownloadStore::verify_published(&held(d), NAME, &m.root, &TAG, me()).unwrap();
     let other = tempfile::tempdir().unwrap();
     assert_eq!(published(other.path()), None);
     // (Two links to one inode are not "ours" either until the leftovers are sorted out: the
@@ -696,7 +712,7 @@ fn symlinks_and_foreign_files_in_dir_are_never_used() {
     let saved = dir.path().join("saved-dump");
     fs::rename(&dump, &saved).unwrap();
     symlink(&victim, &dump).unwrap();
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(
         matches!(&err, StoreError::Untrusted { path, .. } if *path == dump),
         "{err:?}"
@@ -707,20 +723,22 @@ fn symlinks_and_foreign_files_in_dir_are_never_used() {
     // A hard link to another file: refused too.
     fs::remove_file(&dump).unwrap();
     fs::hard_link(&victim, &dump).unwrap();
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(err.to_string().contains("hard links"), "{err}");
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     fs::remove_file(&dump).unwrap();
     fs::rename(&saved, &dump).unwrap();
 
     // Another job's tag: neither adopted nor removed.
-    let err = DownloadStore::adopt(dir.path(), NAME, &|t| *t == [9; 16], None, false).unwrap_err();
+    let err =
+        DownloadStore::adopt(held(dir.path()), NAME, &|t| *t == [9; 16], None, false).unwrap_err();
     assert!(matches!(err, StoreError::Foreign { .. }), "{err:?}");
-    let err = DownloadStore::discard_partial(dir.path(), NAME, &[9; 16]).unwrap_err();
+    let err = DownloadStore::discard_partial(&held(dir.path()), NAME, &[9; 16]).unwrap_err();
     assert!(matches!(err, StoreError::Foreign { .. }), "{err:?}");
     assert!(journal.exists() && dump.exists());
     // Other content than the job accepted: refused.
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, Some(&[1; 32]), false).unwrap_err();
+    let err =
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, Some(&[1; 32]), false).unwrap_err();
     assert!(
         err.to_string().contains("other") || err.to_string().contains("BLAKE3"),
         "{err}"
@@ -728,13 +746,13 @@ fn symlinks_and_foreign_files_in_dir_are_never_used() {
 
     // --overwrite never replaces a directory or a symlink at DIR/NAME.
     let (mut store, _) =
-        DownloadStore::adopt(dir.path(), NAME, &ours, Some(&m.root), true).unwrap();
+        DownloadStore::adopt(held(dir.path()), NAME, &ours, Some(&m.root), true).unwrap();
     for s in 1..m.segment_count() {
         store.write_segment(s, segment(&m, &data, s)).unwrap();
     }
     store.commit(&[1, 2]).unwrap();
     symlink(&victim, dir.path().join(NAME)).unwrap();
-    let err = store.finalize(true).unwrap_err();
+    let err = store.finalize(true, None).unwrap_err();
     assert!(err.to_string().contains("--overwrite"), "{err}");
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     assert!(fs::symlink_metadata(dir.path().join(NAME))
@@ -754,7 +772,7 @@ fn finalize_publishes_the_verified_inode_even_if_the_dump_path_was_swapped() {
     let dump = DownloadStore::dump_path(dir.path(), NAME);
     fs::rename(&dump, dir.path().join("moved")).unwrap();
     fs::write(&dump, vec![0u8; data.len()]).unwrap();
-    let path = store.finalize(false).unwrap();
+    let path = store.finalize(false, None).unwrap();
     assert_eq!(
         fs::read(&path).unwrap(),
         data,
@@ -770,7 +788,7 @@ fn finalize_publishes_the_verified_inode_even_if_the_dump_path_was_swapped() {
     let dump = DownloadStore::dump_path(dir.path(), NAME);
     fs::remove_file(&dump).unwrap();
     fs::write(&dump, vec![0u8; data.len()]).unwrap();
-    let err = store.finalize(false).unwrap_err();
+    let err = store.finalize(false, None).unwrap_err();
     assert!(matches!(err, StoreError::Untrusted { .. }), "{err:?}");
     assert!(!dir.path().join(NAME).exists());
 }
@@ -785,7 +803,7 @@ fn reserved_names_and_oversized_downloads_are_refused_before_any_write() {
         "y.arsnet-segments.arsnet-untrusted-1",
     ] {
         let m = manifest(name, &data);
-        let err = DownloadStore::create(dir.path(), &m, &TAG, false).unwrap_err();
+        let err = DownloadStore::create(held(dir.path()), &m, &TAG, false).unwrap_err();
         assert!(err.to_string().contains("reserves"), "{name}: {err}");
     }
     // A 1 TiB header on a file system with less room: a clear error naming both sizes.
@@ -796,7 +814,7 @@ fn reserved_names_and_oversized_downloads_are_refused_before_any_write() {
         .map(|i| *blake3::hash(&i.to_be_bytes()).as_bytes())
         .collect();
     let huge = Manifest::new("huge.img".into(), size, seg, digests).unwrap();
-    let err = DownloadStore::create(dir.path(), &huge, &TAG, false).unwrap_err();
+    let err = DownloadStore::create(held(dir.path()), &huge, &TAG, false).unwrap_err();
     match &err {
         StoreError::NoSpace { needed, free, .. } => {
             assert_eq!(*needed, size);
@@ -819,12 +837,14 @@ fn an_untrusted_journal_is_kept_aside_and_the_download_starts_over() {
     let f = fs::OpenOptions::new().write(true).open(&journal).unwrap();
     f.set_len(20).unwrap();
     drop(f);
-    let err = DownloadStore::adopt(dir.path(), NAME, &ours, None, false).unwrap_err();
+    let err = DownloadStore::adopt(held(dir.path()), NAME, &ours, None, false).unwrap_err();
     assert!(matches!(err, StoreError::JournalCorrupt { .. }), "{err:?}");
-    let kept = DownloadStore::set_aside(dir.path(), NAME).unwrap().unwrap();
+    let kept = DownloadStore::set_aside(&held(dir.path()), NAME)
+        .unwrap()
+        .unwrap();
     assert!(kept.to_string_lossy().contains(".arsnet-untrusted-"));
     assert_eq!(fs::metadata(&kept).unwrap().len(), 20, "kept as it was");
     assert!(!journal.exists() && !DownloadStore::dump_path(dir.path(), NAME).exists());
     // And a fresh download of the same file can begin.
-    drop(DownloadStore::create(dir.path(), &m, &TAG, false).unwrap());
+    drop(DownloadStore::create(held(dir.path()), &m, &TAG, false).unwrap());
 }

@@ -9,6 +9,7 @@ use arsnet_proto::control::{
 };
 use arsnetd::client::Client;
 use serde::Serialize;
+use std::os::fd::AsFd;
 
 use crate::cli::{Cli, Command};
 use crate::exit::{Exit, Failure};
@@ -37,7 +38,15 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 rate,
                 status_interval_secs: interval,
             };
-            let id = match call(&socket, Request::Serve(spec)).await? {
+            // Opened here, with this user's rights: the daemon serves what we could read.
+            let opened = std::fs::File::open(&spec.file).map_err(|e| {
+                Failure::new(
+                    Exit::Refused,
+                    format!("cannot read {}: {e}", spec.file.display()),
+                )
+            })?;
+            let request = Request::Serve(spec);
+            let id = match call_with_fds(&socket, request, &[opened.as_fd()]).await? {
                 Response::GroupStarted { id } => id,
                 other => return unexpected(other),
             };
@@ -113,7 +122,11 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                     (None, None) => None,
                 },
             };
-            let (id, attached) = match call(&socket, Request::Fetch(spec)).await? {
+            // Created and opened here, with this user's rights: the daemon downloads only
+            // into a directory we could write to.
+            let opened = open_output_dir(&spec.dir)?;
+            let request = Request::Fetch(spec);
+            let (id, attached) = match call_with_fds(&socket, request, &[opened.as_fd()]).await? {
                 Response::Queued { id, attached } => (id, attached),
                 other => return unexpected(other),
             };
@@ -192,6 +205,34 @@ fn absolute(path: &Path) -> Result<PathBuf, Failure> {
 pub async fn call(socket: &Path, request: Request) -> Result<Response, Failure> {
     let mut client = Client::connect(socket).await?;
     Ok(client.call(request).await?)
+}
+
+/// [`call`], passing descriptors this process opened (see `arsnetd::caller`).
+async fn call_with_fds(
+    socket: &Path,
+    request: Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<Response, Failure> {
+    let mut client = Client::connect(socket).await?;
+    client.send_with_fds(request, fds).await?;
+    Ok(client.recv().await?)
+}
+
+/// Creates the output directory if needed and opens it, as the calling user.
+fn open_output_dir(dir: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| {
+        Failure::new(
+            Exit::Refused,
+            format!("cannot use {} as the output directory: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(fail)
 }
 
 fn print_value<T: Serialize>(json: bool, value: &T, text: &str) -> Result<Exit, Failure> {

@@ -68,6 +68,24 @@ impl Client {
         Ok(())
     }
 
+    /// Sends `request` with `fds` (files or directories this process opened itself) passed
+    /// along, so that the daemon acts on what the caller could open, not on what it could.
+    pub async fn send_with_fds(
+        &mut self,
+        request: Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), ClientError> {
+        let message = ClientMessage {
+            version: CONTROL_VERSION,
+            request,
+        };
+        let frame = arsnet_proto::control::encode_frame(&message).map_err(FrameError::from)?;
+        crate::control::fds::send_with_fds(&self.stream, &frame, fds)
+            .await
+            .map_err(FrameError::from)?;
+        Ok(())
+    }
+
     /// Reads the next response; a daemon-side error is returned as `ClientError::Daemon`.
     pub async fn recv(&mut self) -> Result<Response, ClientError> {
         let payload = read_frame(&mut self.stream).await?;

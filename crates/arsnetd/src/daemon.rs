@@ -79,6 +79,7 @@ impl Daemon {
                     resume: j.resume_next,
                     tag: Some(j.tag),
                     content: j.content,
+                    grant: j.grant,
                 })
                 .collect(),
             groups: inner
@@ -88,6 +89,7 @@ impl Daemon {
                     id,
                     spec: g.spec.clone(),
                     stopped_ports: g.group.stopped_ports(),
+                    file_identity: g.file_identity,
                 })
                 .chain(inner.unrestored_groups.iter().cloned())
                 .collect(),

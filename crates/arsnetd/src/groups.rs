@@ -17,6 +17,24 @@ pub(crate) const MAX_INTERVAL_SECS: u64 = 86_400;
 pub(crate) struct GroupEntry {
     pub spec: ServeSpec,
     pub group: Arc<ServerGroup>,
+    /// For a group served for a caller other than the daemon's user: the (device, inode) of
+    /// the file that caller opened. The group serves that file or nothing, also after a
+    /// restart.
+    pub file_identity: Option<(u64, u64)>,
+}
+
+/// Refuses a group whose open file is not the inode its caller proved it could read.
+fn check_identity(group: &ServerGroup, expected: Option<(u64, u64)>) -> Result<(), ControlError> {
+    match expected {
+        Some(identity) if group.file_identity() != Some(identity) => Err(ControlError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{} is not the file the request was made for (it was replaced); serve it again",
+                group.path().display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn serve_error(e: ServeError) -> ControlError {
@@ -45,6 +63,7 @@ fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
 pub(crate) async fn serve(
     daemon: &Arc<Daemon>,
     mut spec: ServeSpec,
+    file_identity: Option<(u64, u64)>,
 ) -> Result<GroupId, ControlError> {
     validate_ports(spec.count, &spec.ports).map_err(serve_error)?;
     if !(1..=MAX_INTERVAL_SECS).contains(&spec.status_interval_secs) {
@@ -83,6 +102,11 @@ pub(crate) async fn serve(
     let group = ServerGroup::start(id, group_config(daemon, &spec))
         .await
         .map_err(serve_error)?;
+    // The daemon opened the path itself: it must have found the caller's file there.
+    if let Err(e) = check_identity(&group, file_identity) {
+        group.shutdown().await;
+        return Err(e);
+    }
     let interval = spec.status_interval_secs;
     let saved = {
         let mut inner = daemon.lock();
@@ -91,6 +115,7 @@ pub(crate) async fn serve(
             GroupEntry {
                 spec,
                 group: group.clone(),
+                file_identity,
             },
         );
         let saved = daemon.persist(&inner);
@@ -216,7 +241,17 @@ pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), Co
 pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecord>) {
     for record in records {
         let config = group_config(daemon, &record.spec);
-        match ServerGroup::restore(record.id, config, &record.stopped_ports).await {
+        let restored = match ServerGroup::restore(record.id, config, &record.stopped_ports).await {
+            Ok(group) => match check_identity(&group, record.file_identity) {
+                Ok(()) => Ok(group),
+                Err(e) => {
+                    group.shutdown().await;
+                    Err(e.message)
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match restored {
             Ok(group) => {
                 spawn_status_pusher(daemon, &group, record.spec.status_interval_secs);
                 for port in group.info().ports.iter().filter(|p| p.state == "failed") {
@@ -227,6 +262,7 @@ pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecor
                     GroupEntry {
                         spec: record.spec,
                         group,
+                        file_identity: record.file_identity,
                     },
                 );
             }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use arsnet_engine::download::{run_download, DownloadSpec, JobCommand, Outcome};
 use arsnet_proto::control::{ControlError, ErrorKind, FetchSpec, JobId, JobInfo, JobState, Update};
+use arsnet_store::dir::Dir;
 use arsnet_store::DownloadStore;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::caller::DirGrant;
 use crate::daemon::{Daemon, Inner};
 use crate::persist::JobRecord;
 use arsnet_proto::{Digest, JobTag};
@@ -59,6 +61,8 @@ pub(crate) struct JobEntry {
     /// The content this job accepted (its BLAKE3), once a server's header was accepted:
     /// no restart, `fetch -r` or new server list switches the job to other content.
     pub(crate) content: Option<Digest>,
+    /// What the caller proved about the directory, when it is not the daemon's user.
+    pub(crate) grant: Option<DirGrant>,
 }
 
 impl JobEntry {
@@ -156,7 +160,11 @@ fn same_download(a: &FetchSpec, b: &FetchSpec) -> bool {
 }
 
 /// `fetch`: enqueue, or attach to the same download already in the queue (with `-r`).
-pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, bool), ControlError> {
+pub(crate) fn fetch(
+    daemon: &Arc<Daemon>,
+    spec: FetchSpec,
+    grant: Option<DirGrant>,
+) -> Result<(JobId, bool), ControlError> {
     validate_fetch(&spec)?;
     let id = {
         let mut inner = daemon.lock();
@@ -214,6 +222,7 @@ pub(crate) fn fetch(daemon: &Arc<Daemon>, spec: FetchSpec) -> Result<(JobId, boo
             restored_running: false,
             tag: new_tag(),
             content: None,
+            grant,
         };
         let snapshot = entry.snapshot();
         inner.jobs.insert(id, entry);
@@ -273,6 +282,8 @@ fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
         overwrite: entry.spec.overwrite,
         tag: entry.tag,
         foreign_tags,
+        dir_identity: entry.grant.map(|g| g.dir_identity),
+        give_to: entry.grant.and_then(|g| g.give_to),
         pin: entry.spec.pin,
         content: entry.content,
         config: daemon
@@ -397,7 +408,7 @@ fn finish(daemon: &Arc<Daemon>, id: JobId, outcome: Outcome) {
                 if !keep {
                     // The job may have stopped for an earlier pause before the cancel
                     // arrived: make sure the partial files go, journal first.
-                    remove_partial(id, &entry.spec.dir, entry.name.as_deref(), &entry.tag);
+                    remove_partial(id, entry);
                 }
                 JobState::Cancelled
             }
@@ -480,7 +491,7 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
         )));
     }
     if !keep && entry.resume_next {
-        remove_partial(id, &entry.spec.dir, entry.name.as_deref(), &entry.tag);
+        remove_partial(id, entry);
     }
     entry.state = JobState::Cancelled;
     let snapshot = entry.snapshot();
@@ -492,11 +503,15 @@ pub(crate) fn cancel(daemon: &Arc<Daemon>, id: JobId, keep: bool) -> Result<(), 
 
 /// Removes a job's partial files (journal first, so a crash half way leaves nothing that
 /// looks adoptable). A job that never learned its file name created none.
-fn remove_partial(id: JobId, dir: &std::path::Path, name: Option<&str>, tag: &JobTag) {
-    if let Some(name) = name {
-        if let Err(e) = DownloadStore::discard_partial(dir, name, tag) {
-            warn!(job = id, error = %e, "could not remove partial files");
-        }
+fn remove_partial(id: JobId, entry: &JobEntry) {
+    let Some(name) = entry.name.as_deref() else {
+        return;
+    };
+    let identity = entry.grant.map(|g| g.dir_identity);
+    let removed = Dir::open_expecting(&entry.spec.dir, identity)
+        .and_then(|dir| DownloadStore::discard_partial(&dir, name, &entry.tag));
+    if let Err(e) = removed {
+        warn!(job = id, error = %e, "could not remove partial files");
     }
 }
 
@@ -572,6 +587,7 @@ pub(crate) fn restore_jobs(daemon: &Arc<Daemon>, records: Vec<JobRecord>) {
                     // of an older format and is set aside on resume).
                     tag: record.tag.unwrap_or_else(new_tag),
                     content: record.content,
+                    grant: record.grant,
                 },
             );
         }

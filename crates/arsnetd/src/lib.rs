@@ -3,6 +3,7 @@
 //! binary's `main.rs` only parses flags and calls [`run`]. `arsnetctl` reuses [`client`] and
 //! [`paths`] so both binaries agree on where the socket is and how frames look.
 
+pub mod caller;
 pub mod client;
 pub mod config;
 pub mod control;

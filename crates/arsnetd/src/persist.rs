@@ -32,6 +32,9 @@ pub struct JobRecord {
     /// The content the job accepted (BLAKE3), once known.
     #[serde(default)]
     pub content: Option<Digest>,
+    /// What a caller other than the daemon's user proved about the download directory.
+    #[serde(default)]
+    pub grant: Option<crate::caller::DirGrant>,
 }
 
 /// One server group as persisted.
@@ -40,6 +43,9 @@ pub struct GroupRecord {
     pub id: GroupId,
     pub spec: ServeSpec,
     pub stopped_ports: Vec<u16>,
+    /// (device, inode) of the file a caller other than the daemon's user opened to serve.
+    #[serde(default)]
+    pub file_identity: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use arsnet_sched::{
     Action, Config as SchedConfig, ConnId, ContentVotes, Layout, Phase, Scheduler, SegmentVerdict,
     ServerState,
 };
+use arsnet_store::dir::Dir;
 use arsnet_store::{DownloadStore, Found, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -70,6 +71,12 @@ pub struct DownloadSpec {
     pub name: Option<String>,
     /// Replace an existing `dir/NAME`.
     pub overwrite: bool,
+    /// The (device, inode) `dir` must be: the directory the caller proved it may write to
+    /// when it asked (`None`: the caller is the daemon's own user, and `dir` is created if
+    /// missing).
+    pub dir_identity: Option<(u64, u64)>,
+    /// Who the finished file is given to, `(uid, gid)`, when that is not the daemon's user.
+    pub give_to: Option<(u32, u32)>,
     /// This job's tag: its partial files carry it, and only they are adopted or removed.
     pub tag: JobTag,
     /// Tags of the daemon's other jobs that still own their partial files (open or failed):
@@ -129,6 +136,9 @@ struct Source {
 
 struct Job {
     spec: DownloadSpec,
+    /// The download directory, held open for the job's life: every file is reached through
+    /// it.
+    dir: Dir,
     started: Instant,
     sched: Scheduler,
     conns: HashMap<ConnId, ConnHandle>,
@@ -177,9 +187,15 @@ pub async fn run_download(
     info: watch::Sender<JobInfo>,
     mut commands: mpsc::Receiver<JobCommand>,
 ) -> Outcome {
-    if let Err(e) = std::fs::create_dir_all(&spec.dir) {
-        return Outcome::Failed(format!("cannot create {}: {e}", spec.dir.display()));
-    }
+    let dir = match open_dir(&spec).await {
+        Ok(dir) => dir,
+        Err(reason) => {
+            let mut failed = info.borrow().clone();
+            failed.state = JobState::Failed(reason.clone());
+            info.send_replace(failed);
+            return Outcome::Failed(reason);
+        }
+    };
     let started = Instant::now();
     // Small bounds: every queued event may hold a segment buffer, and a full channel is what
     // pushes back on the sockets when the disk is slower than the network.
@@ -209,6 +225,7 @@ pub async fn run_download(
     }
     let mut job = Job {
         sched,
+        dir,
         spec,
         started,
         conns: HashMap::new(),
@@ -254,15 +271,21 @@ impl Job {
     /// Adopts this job's partial download in DIR, if any. `Ok(Some(path))` means it had in
     /// fact finished (a crash hit between publishing and recording "completed"). A journal
     /// that cannot be trusted is kept aside and the download starts over.
+    /// Another handle on the job's directory, for a store call on the blocking pool.
+    fn held_dir(&self) -> Result<Dir, String> {
+        self.dir.try_clone().map_err(|e| e.to_string())
+    }
+
     async fn adopt_partial(&mut self, config: SchedConfig) -> Result<Option<PathBuf>, String> {
         let dir = self.spec.dir.clone();
         let tag = self.spec.tag;
         let content = self.spec.required_content();
         let known = self.spec.name.clone();
+        let owner = self.spec.give_to.map_or(self.dir.owner(), |(uid, _)| uid);
         if let (Some(name), Some(root)) = (known.clone(), self.spec.content) {
-            let d = dir.clone();
+            let d = self.held_dir()?;
             let finished =
-                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag))
+                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag, owner))
                     .await?
                     .map_err(|e| format!("cannot resume: {e}"))?;
             if let Some(path) = finished {
@@ -273,7 +296,7 @@ impl Job {
         let name = match known {
             Some(name) => name,
             None => {
-                let (d, spec) = (dir.clone(), self.spec.clone());
+                let (d, spec) = (self.held_dir()?, self.spec.clone());
                 match blocking(move || DownloadStore::find_partial(&d, &|t| spec.may_adopt(t)))
                     .await?
                     .map_err(|e| format!("cannot resume: {e}"))?
@@ -287,9 +310,9 @@ impl Job {
             }
         };
         let overwrite = self.spec.overwrite;
-        let (d, n, spec) = (dir.clone(), name.clone(), self.spec.clone());
+        let (d, n, spec) = (self.held_dir()?, name.clone(), self.spec.clone());
         let adopted = blocking(move || {
-            DownloadStore::adopt(&d, &n, &|t| spec.may_adopt(t), content.as_ref(), overwrite)
+            DownloadStore::adopt(d, &n, &|t| spec.may_adopt(t), content.as_ref(), overwrite)
         })
         .await?;
         let (store, adopted) = match adopted {
@@ -298,7 +321,7 @@ impl Job {
                 // A crash while the partial files were being created (no journal yet, or a
                 // torn header): nothing verified exists, so keep the journal as evidence and
                 // start over.
-                let (d, n) = (dir.clone(), name.clone());
+                let (d, n) = (self.held_dir()?, name.clone());
                 let kept = blocking(move || DownloadStore::set_aside(&d, &n))
                     .await?
                     .map_err(|e| format!("cannot resume: {e}"))?;
@@ -588,11 +611,11 @@ impl Job {
 
     /// First accepted header of a fresh download: refuse to clobber, then create the store.
     async fn open_store(&mut self, manifest: &Arc<Manifest>) -> Result<(), String> {
-        let dir = self.spec.dir.clone();
+        let dir = self.held_dir()?;
         let m = manifest.clone();
         let overwrite = self.spec.overwrite;
         let tag = self.spec.tag;
-        let created = blocking(move || DownloadStore::create(&dir, &m, &tag, overwrite)).await?;
+        let created = blocking(move || DownloadStore::create(dir, &m, &tag, overwrite)).await?;
         let store = match created {
             Ok(store) => store,
             Err(StoreError::TargetExists(path)) => {
@@ -623,6 +646,7 @@ impl Job {
         writer
             .send(WriteMsg::Finish {
                 overwrite: self.spec.overwrite,
+                give_to: self.spec.give_to,
                 sha256: match self.spec.pin {
                     Some(Pin::Sha256(digest)) => Some(digest),
                     _ => None,
@@ -826,4 +850,19 @@ fn disagreement(votes: &[ContentVotes], sources: &[Source]) -> String {
          one you mean with --blake3 HEX (as b3sum prints it)",
         groups.join("; ")
     )
+}
+
+/// Opens the download directory once for the whole job: created first when the caller is the
+/// daemon's own user, and otherwise required to be the very directory the caller showed it
+/// may write to.
+async fn open_dir(spec: &DownloadSpec) -> Result<Dir, String> {
+    let (path, identity) = (spec.dir.clone(), spec.dir_identity);
+    blocking(move || {
+        if identity.is_none() {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        }
+        Dir::open_expecting(&path, identity).map_err(|e| e.to_string())
+    })
+    .await?
 }

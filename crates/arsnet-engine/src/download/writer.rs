@@ -22,6 +22,8 @@ pub(crate) enum WriteMsg {
     /// Every segment is in: commit, check the SHA-256 pin if any, then publish the dump.
     Finish {
         overwrite: bool,
+        /// `(uid, gid)` the published file is given to, if not the daemon's user.
+        give_to: Option<(u32, u32)>,
         sha256: Option<[u8; 32]>,
     },
     /// Stop at a durable point; `discard` removes the partial files (cancel without --keep).
@@ -113,14 +115,20 @@ impl Writer {
                 }
                 Ok(true)
             }
-            WriteMsg::Finish { overwrite, sha256 } => {
+            WriteMsg::Finish {
+                overwrite,
+                give_to,
+                sha256,
+            } => {
                 self.commit().await?;
                 let store = self.store.take().ok_or("storage is gone")?;
                 let path = tokio::task::spawn_blocking(move || {
                     if let Some(pin) = sha256 {
                         check_sha256(&store, &pin)?;
                     }
-                    store.finalize(overwrite).map_err(|e| e.to_string())
+                    store
+                        .finalize(overwrite, give_to)
+                        .map_err(|e| e.to_string())
                 })
                 .await
                 .map_err(|e| format!("storage task failed: {e}"))??;

@@ -49,6 +49,33 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>,
     }
 }
 
+/// [`read_frame`] on the control socket itself, also returning the descriptors the client
+/// sent with the frame's first byte (see [`super::fds`]).
+pub async fn read_frame_with_fds(
+    stream: &mut tokio::net::UnixStream,
+) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), FrameError> {
+    let mut prefix = [0u8; 4];
+    let (n, fds) = super::fds::recv_with_fds(stream, &mut prefix[..1]).await?;
+    if n == 0 {
+        return Err(FrameError::Closed);
+    }
+    let rest = async {
+        stream.read_exact(&mut prefix[1..]).await?;
+        let len = check_frame_len(prefix)?;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, FrameError>(payload)
+    };
+    match tokio::time::timeout(FRAME_DEADLINE, rest).await {
+        Ok(Ok(payload)) => Ok((payload, fds)),
+        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(FrameError::Closed)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(FrameError::Stalled),
+    }
+}
+
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     writer: &mut W,

@@ -13,17 +13,18 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info};
 
-use crate::control::frame::{read_frame, write_frame, FrameError};
+use crate::caller::Caller;
+use crate::control::frame::{read_frame_with_fds, write_frame, FrameError};
 use crate::daemon::Daemon;
 use crate::{groups, jobs};
 
 /// How long a pushed update may wait for a watcher to read it before the watch is ended.
 const WATCH_WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(300);
 
-pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
+pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, caller: Caller) {
     loop {
-        let payload = match read_frame(&mut stream).await {
-            Ok(payload) => payload,
+        let (payload, fds) = match read_frame_with_fds(&mut stream).await {
+            Ok(frame) => frame,
             Err(FrameError::Closed) => return,
             Err(e) => {
                 info!(error = %e, "closing control connection");
@@ -57,7 +58,7 @@ pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
             watch(&daemon, &mut stream, id).await;
             return;
         }
-        let response = dispatch(&daemon, request)
+        let response = dispatch(&daemon, request, &caller, fds)
             .await
             .unwrap_or_else(Response::Error);
         if write_frame(&mut stream, &response).await.is_err() {
@@ -66,15 +67,26 @@ pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
     }
 }
 
-async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, ControlError> {
+/// Answers one request. `fds` are the descriptors the client sent with it: a `serve` or
+/// `fetch` of a caller other than the daemon's user must carry the file or directory it
+/// names (see [`Caller`]); any other descriptors are closed unused.
+async fn dispatch(
+    daemon: &Arc<Daemon>,
+    request: Request,
+    caller: &Caller,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<Response, ControlError> {
     Ok(match request {
         Request::Ping => Response::Pong {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
         },
-        Request::Serve(spec) => Response::GroupStarted {
-            id: groups::serve(daemon, spec).await?,
-        },
+        Request::Serve(spec) => {
+            let file = caller.check_file(&spec.file, &fds)?;
+            Response::GroupStarted {
+                id: groups::serve(daemon, spec, file).await?,
+            }
+        }
         Request::Servers => Response::Servers(groups::infos(daemon)),
         Request::StopServer { ports } => {
             groups::stop_ports(daemon, &ports)?;
@@ -89,7 +101,8 @@ async fn dispatch(daemon: &Arc<Daemon>, request: Request) -> Result<Response, Co
             Response::Done
         }
         Request::Fetch(spec) => {
-            let (id, attached) = jobs::fetch(daemon, spec)?;
+            let grant = caller.check_dir(&spec.dir, &fds)?;
+            let (id, attached) = jobs::fetch(daemon, spec, grant)?;
             Response::Queued { id, attached }
         }
         Request::List => Response::List {

@@ -3,7 +3,8 @@
 //! bincode frames. Each connection is served by its own task; a bad client only ever loses
 //! its own connection.
 
-mod access;
+pub(crate) mod access;
+pub mod fds;
 pub mod frame;
 mod handler;
 
@@ -155,7 +156,12 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             .await
             .unwrap_or(false);
             if allowed {
-                handler::handle(daemon, stream).await;
+                let caller = crate::caller::Caller {
+                    uid,
+                    gid,
+                    pid: cred.pid(),
+                };
+                handler::handle(daemon, stream, caller).await;
             } else {
                 warn!(uid, pid = ?cred.pid(), "refused control connection from another user");
             }
