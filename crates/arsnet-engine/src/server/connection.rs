@@ -1,33 +1,36 @@
 //! One client connection to a virtual server: hello, header + digests, then a loop serving
 //! requested segments in order. A reader half parses requests and cancels while the writer
 //! half streams segments, so a client can keep several requests in flight. Segments are read
-//! with pread into one reused buffer per connection: memory does not grow with file size.
+//! with pread into one reused buffer per connection, allocated by the first request: memory
+//! does not grow with file size, and a connection that never asks costs next to nothing.
+//!
+//! The connection reports what it is doing to its port's admission table (see
+//! `admission.rs`), which evicts it for a newcomer only while it is idle or stalled; an
+//! evicted connection that is between frames is told why before it is closed.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arsnet_proto::limits::{MAX_OUTSTANDING_REQUESTS, WIRE_VERSION};
+use arsnet_proto::limits::{
+    MAX_OUTSTANDING_REQUESTS, SERVER_FIRST_REQUEST_TIMEOUT, SERVER_HELLO_TIMEOUT,
+    SERVER_IDLE_TIMEOUT, SERVER_WRITE_STALL_TIMEOUT, WIRE_VERSION,
+};
 use arsnet_proto::wire::{ClientFrame, ErrorCode, SegmentHead, ServerFrame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::admission::{Activity, Phase, Ticket};
 use super::group::{PortStats, Served, ServedFile};
 use crate::rate::TokenBucket;
 use crate::wire_io::{read_client_frame, FrameReadError};
 
-/// How long a client may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with nothing queued and no request for this long is closed, so idle clients
-/// cannot hold a virtual server's connection slots forever.
-/// An hour: longer than any client's stall timeout, so a client that merely waits on its own
-/// slow disk (and so requests nothing for a while) is never cut off.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// A write that makes no progress at all for this long means the client stopped reading.
-const WRITE_STALL: Duration = Duration::from_secs(600);
+/// Sent to a connection evicted while idle, so that an honest client knows why.
+const EVICTED: &str =
+    "server full: this idle connection was closed to make room for another client";
 /// Writes are cut into slices this big so that the stall limit measures progress, not the
 /// time a whole (possibly huge) buffer takes on a slow link.
 const WRITE_SLICE: usize = 64 * 1024;
@@ -42,6 +45,8 @@ pub(crate) enum ConnError {
     Write(#[from] std::io::Error),
     #[error("client refused: {0}")]
     Refused(String),
+    #[error("evicted to make room for another client")]
+    Evicted,
 }
 
 enum Command {
@@ -50,10 +55,16 @@ enum Command {
     Violation(ErrorCode, String),
 }
 
-/// `write_all` that gives up on a client that stopped reading.
-async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), ConnError> {
+/// `write_all` that gives up on a client that stopped reading. Each slice restarts the
+/// `Writing` phase, so the admission table sees how long the current slice has been stuck.
+async fn write_all<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    activity: &Activity,
+) -> Result<(), ConnError> {
     for slice in bytes.chunks(WRITE_SLICE) {
-        match tokio::time::timeout(WRITE_STALL, writer.write_all(slice)).await {
+        activity.set(Phase::Writing);
+        match tokio::time::timeout(SERVER_WRITE_STALL_TIMEOUT, writer.write_all(slice)).await {
             Ok(result) => result?,
             Err(_) => return Err(ConnError::Refused("client stopped reading".into())),
         }
@@ -74,13 +85,27 @@ pub(crate) async fn serve_connection(
     file: &ServedFile,
     stats: &PortStats,
     bucket: Option<&TokenBucket>,
+    ticket: &Ticket,
 ) -> Result<(), ConnError> {
-    // The file as hashed when this connection arrived: it keeps that view to the end.
-    let served = &file.get();
+    let activity = &*ticket.activity;
+    let evicted = &ticket.evicted;
     let mut payload = Vec::new();
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_client_frame(&mut stream, &mut payload))
-        .await
-        .map_err(|_| ConnError::Refused("no hello within 10 s".into()))?;
+    let hello = tokio::select! {
+        biased;
+        hello = tokio::time::timeout(
+            SERVER_HELLO_TIMEOUT,
+            read_client_frame(&mut stream, &mut payload),
+        ) => hello.map_err(|_| {
+            ConnError::Refused(format!(
+                "no hello within {} s",
+                SERVER_HELLO_TIMEOUT.as_secs()
+            ))
+        })?,
+        _ = evicted.cancelled() => {
+            send_error(&mut stream, ErrorCode::Internal, EVICTED.into()).await;
+            return Err(ConnError::Evicted);
+        }
+    };
     match hello {
         Ok(ClientFrame::Hello { version }) if version == WIRE_VERSION => {}
         Ok(ClientFrame::Hello { version }) => {
@@ -99,7 +124,14 @@ pub(crate) async fn serve_connection(
             return Err(e.into());
         }
     }
-    write_all(&mut stream, &served.preamble).await?;
+    // The file as hashed now: this connection keeps that view to the end. Digests that no
+    // longer describe the file are never sent, not even as a header.
+    let Some(served) = &file.for_new_connection() else {
+        let msg = "the served file changed on disk; it is being re-hashed, try again shortly";
+        send_error(&mut stream, ErrorCode::FileChanged, msg.into()).await;
+        return Err(ConnError::Refused(msg.into()));
+    };
+    write_all(&mut stream, &served.preamble, activity).await?;
 
     let (mut reader, mut writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_OUTSTANDING_REQUESTS + 8);
@@ -121,7 +153,7 @@ pub(crate) async fn serve_connection(
             }
         }
     };
-    let serve = serve_requests(&mut writer, rx, served, file, stats, bucket);
+    let serve = serve_requests(&mut writer, rx, served, file, stats, bucket, ticket);
     tokio::pin!(serve);
     tokio::pin!(read_requests);
     // The writer finishing (error or violation) ends the connection at once. The reader
@@ -140,27 +172,56 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
     file: &ServedFile,
     stats: &PortStats,
     bucket: Option<&TokenBucket>,
+    ticket: &Ticket,
 ) -> Result<(), ConnError> {
+    let activity = &*ticket.activity;
     let count = served.manifest.segment_count();
     let mut queue: VecDeque<u64> = VecDeque::new();
-    let mut buf = Vec::with_capacity(served.manifest.segment_size as usize);
+    // Allocated (to the segment size) by the first segment read, not before: a client that
+    // only says HELLO must not cost a segment buffer.
+    let mut buf = Vec::new();
     let mut frame = Vec::with_capacity(64);
+    // When the queue last became empty. Only work (a segment to send) resets it: CANCELs or
+    // requests cancelled at once do not keep a connection alive.
+    let mut idle_since: Option<Instant> = None;
+    // Until a first segment was sent, the short first-request deadline applies.
+    let mut sent_any = false;
     loop {
         if queue.is_empty() {
-            let next = tokio::time::timeout(IDLE_TIMEOUT, rx.recv())
-                .await
-                .map_err(|_| ConnError::Refused("idle for too long".into()))?;
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            // Again on every wait: writing a CANCELLED in between must not look like work.
+            activity.set_at(Phase::Idle, since.into_std());
+            let (limit, why) = if sent_any {
+                (SERVER_IDLE_TIMEOUT, "idle for too long")
+            } else {
+                (SERVER_FIRST_REQUEST_TIMEOUT, "no request after the header")
+            };
+            let next = tokio::select! {
+                biased;
+                next = tokio::time::timeout_at(since + limit, rx.recv()) => {
+                    next.map_err(|_| ConnError::Refused(why.into()))?
+                }
+                _ = ticket.evicted.cancelled() => {
+                    send_error(writer, ErrorCode::Internal, EVICTED.into()).await;
+                    return Err(ConnError::Evicted);
+                }
+            };
             match next {
-                Some(command) => apply(command, &mut queue, count, writer, &mut frame).await?,
+                Some(command) => {
+                    apply(command, &mut queue, count, writer, &mut frame, activity).await?
+                }
                 None => return Ok(()),
             }
         }
         while let Ok(command) = rx.try_recv() {
-            apply(command, &mut queue, count, writer, &mut frame).await?;
+            apply(command, &mut queue, count, writer, &mut frame, activity).await?;
         }
         let Some(segment) = queue.pop_front() else {
             continue;
         };
+        idle_since = None;
+        sent_any = true;
+        activity.set(Phase::Working);
         let (offset, length) = served.manifest.segment_range(segment);
         buf = read_segment(served.clone(), buf, offset, length as usize).await?;
         if !served.unchanged() || buf.len() != length as usize {
@@ -177,13 +238,15 @@ async fn serve_requests<W: AsyncWrite + Unpin>(
             length,
         })
         .encode(&mut frame);
-        write_all(writer, &frame).await?;
+        write_all(writer, &frame, activity).await?;
         let chunk = bucket.map_or(WRITE_CHUNK, TokenBucket::chunk_size);
         for piece in buf.chunks(chunk) {
             if let Some(bucket) = bucket {
+                // Waiting for --rate tokens is the server's doing, never the client's.
+                activity.set(Phase::Working);
                 bucket.acquire(piece.len()).await;
             }
-            write_all(writer, piece).await?;
+            write_all(writer, piece, activity).await?;
             stats
                 .bytes_sent
                 .fetch_add(piece.len() as u64, Ordering::Relaxed);
@@ -198,6 +261,7 @@ async fn apply<W: AsyncWrite + Unpin>(
     count: u64,
     writer: &mut W,
     frame: &mut Vec<u8>,
+    activity: &Activity,
 ) -> Result<(), ConnError> {
     match command {
         Command::Request(segment) if segment >= count => {
@@ -221,7 +285,7 @@ async fn apply<W: AsyncWrite + Unpin>(
                 queue.remove(pos);
                 frame.clear();
                 ServerFrame::Cancelled { segment }.encode(frame);
-                write_all(writer, frame).await?;
+                write_all(writer, frame, activity).await?;
             }
             Ok(())
         }

@@ -1,7 +1,9 @@
 //! Builds the manifest of a served file: BLAKE3 per segment and the root. Hashing a large
 //! file takes seconds, so results are cached in the state dir, keyed by path, size, mtime,
-//! inode and segment size: a daemon restart or a second group on the same file does not
-//! re-hash. A cache entry carries its own checksum; a damaged one is recomputed, never trusted.
+//! ctime, inode, device and segment size: a daemon restart or a second group on the same file
+//! does not re-hash. ctime is in the key because mtime can be put back after an edit
+//! (`touch -r`) and ctime cannot. A cache entry carries its own checksum; a damaged one is
+//! recomputed, never trusted.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,6 +17,31 @@ use tracing::{debug, info, warn};
 /// Version 2: digests are BLAKE3 chaining values (wire v2); older caches are not reused.
 const CACHE_MAGIC: &[u8; 8] = b"ARSNDGS2";
 
+/// What identifies the bytes of a file without reading them: every field an in-place edit,
+/// a replacement or a copy elsewhere changes. ctime matters most: an editor (or an attacker)
+/// can restore size and mtime after an edit, but any write, and any restoring of mtime,
+/// sets ctime to the current time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    pub size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
 /// Computes (or loads from `cache_dir`) the manifest of `file` served under `name`.
 pub fn build_manifest(
     file: &File,
@@ -23,9 +50,22 @@ pub fn build_manifest(
     segment_size: u32,
     cache_dir: Option<&Path>,
 ) -> std::io::Result<Manifest> {
-    let meta = file.metadata()?;
-    let size = meta.len();
-    let cache_path = cache_dir.map(|dir| dir.join(cache_file_name(path, &meta, segment_size)));
+    build_stamped_manifest(file, path, name, segment_size, cache_dir).map(|(manifest, _)| manifest)
+}
+
+/// [`build_manifest`], also returning the stamp of the file as it was when hashing began:
+/// if the file changes while (or after) it is hashed, the stamp no longer matches and the
+/// server refuses to serve those digests.
+pub(crate) fn build_stamped_manifest(
+    file: &File,
+    path: &Path,
+    name: String,
+    segment_size: u32,
+    cache_dir: Option<&Path>,
+) -> std::io::Result<(Manifest, FileStamp)> {
+    let stamp = FileStamp::of(&file.metadata()?);
+    let size = stamp.size;
+    let cache_path = cache_dir.map(|dir| dir.join(cache_file_name(path, &stamp, segment_size)));
     let count = segment_count(size, segment_size);
     let cached = cache_path.as_deref().and_then(|p| load_cache(p, count));
     let digests = match cached {
@@ -42,27 +82,37 @@ pub fn build_manifest(
                 secs = started.elapsed().as_secs_f32(),
                 "hashed file"
             );
-            if let Some(cache_path) = &cache_path {
-                if let Err(e) = store_cache(cache_path, &digests) {
-                    warn!(path = %cache_path.display(), error = %e, "could not write digest cache");
+            // Digests of a file that changed while it was read may describe no version of
+            // it: never keep them for later. (Serving them is refused by the stamp check.)
+            let still = FileStamp::of(&file.metadata()?) == stamp;
+            match &cache_path {
+                Some(cache_path) if still => {
+                    if let Err(e) = store_cache(cache_path, &digests) {
+                        warn!(path = %cache_path.display(), error = %e, "could not write digest cache");
+                    }
                 }
+                Some(_) => debug!(path = %path.display(), "file changed while hashed: not cached"),
+                None => {}
             }
             digests
         }
     };
-    Manifest::new(name, size, segment_size, digests)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let manifest = Manifest::new(name, size, segment_size, digests)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok((manifest, stamp))
 }
 
-fn cache_file_name(path: &Path, meta: &std::fs::Metadata, segment_size: u32) -> String {
+fn cache_file_name(path: &Path, stamp: &FileStamp, segment_size: u32) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(path.as_os_str().as_encoded_bytes());
     for field in [
-        meta.len(),
-        meta.mtime() as u64,
-        meta.mtime_nsec() as u64,
-        meta.ino(),
-        meta.dev(),
+        stamp.size,
+        stamp.mtime.0 as u64,
+        stamp.mtime.1 as u64,
+        stamp.ctime.0 as u64,
+        stamp.ctime.1 as u64,
+        stamp.ino,
+        stamp.dev,
         u64::from(segment_size),
     ] {
         hasher.update(&field.to_be_bytes());
@@ -169,5 +219,35 @@ mod tests {
         let m2 = build_manifest(&file, &path, "data.bin".into(), 4096, Some(&cache)).unwrap();
         assert_eq!(m1, m2);
         assert!(load_cache(&entry, 25).is_some());
+    }
+
+    #[test]
+    fn an_edit_that_restores_size_and_mtime_is_not_served_from_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, vec![1u8; 50_000]).unwrap();
+        let cache = dir.path().join("cache");
+        let file = File::open(&path).unwrap();
+        let (old, stamp) =
+            build_stamped_manifest(&file, &path, "data.bin".into(), 4096, Some(&cache)).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Same size, same inode, mtime put back: only ctime differs. The pause only moves
+        // the edit past a coarse file-system clock tick, so that ctime can differ at all.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        writer.write_all_at(&[2u8; 100], 10_000).unwrap();
+        writer
+            .set_times(std::fs::FileTimes::new().set_modified(mtime))
+            .unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.modified().unwrap()), (50_000, mtime));
+        assert_ne!(FileStamp::of(&meta), stamp, "the edit changes the stamp");
+        let (new, _) =
+            build_stamped_manifest(&file, &path, "data.bin".into(), 4096, Some(&cache)).unwrap();
+        assert_ne!(
+            old.root, new.root,
+            "digests recomputed, not loaded from the cache"
+        );
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
     }
 }

@@ -10,22 +10,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arsnet_proto::control::{GroupId, GroupInfo, PortInfo};
+use arsnet_proto::limits::SERVER_MAX_CONNECTION_TASKS_PER_PORT;
 use arsnet_proto::manifest::choose_segment_size;
+use arsnet_proto::wire::{ErrorCode, ServerFrame};
 use arsnet_proto::{validate_file_name, Manifest};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::connection::serve_connection;
-use super::digests::build_manifest;
+use super::admission::{Admission, Limits};
+use super::connection::{serve_connection, ConnError};
+use super::digests::{build_stamped_manifest, FileStamp};
 use super::validate::{validate_ports, ServeError};
 use crate::rate::{RateMeter, TokenBucket};
 use crate::{human_bytes, human_rate};
-
-/// Connections one virtual server serves at once.
-const MAX_CONNECTIONS_PER_PORT: usize = 64;
 
 /// What `serve` asks for.
 #[derive(Debug, Clone)]
@@ -48,16 +48,17 @@ pub(crate) struct Served {
     pub manifest: Manifest,
     /// HEADER + DIGESTS frames, encoded once.
     pub preamble: Vec<u8>,
-    /// (size, mtime) at hashing time: a change means the digests no longer hold.
-    pub fingerprint: (u64, i64, i64),
+    /// The open file's stamp (size, mtime, ctime, inode, device) when hashing began: any
+    /// change means the digests may no longer hold.
+    stamp: FileStamp,
 }
 
 impl Served {
-    /// True if the file on disk still is the one that was hashed.
+    /// True if the open file still is as it was hashed. ctime is what catches an in-place
+    /// edit whose size and mtime were put back.
     pub fn unchanged(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
         match self.file.metadata() {
-            Ok(m) => (m.len(), m.mtime(), m.mtime_nsec()) == self.fingerprint,
+            Ok(m) => FileStamp::of(&m) == self.stamp,
             Err(_) => false,
         }
     }
@@ -86,6 +87,20 @@ impl ServedFile {
             .clone()
     }
 
+    /// The file for a connection that is about to get its header: `None` if the file
+    /// changed in place since it was hashed (its digests must not be sent; a re-hash is
+    /// scheduled). A file replaced at its path (renamed over) is not a change: the open
+    /// file still matches its digests and goes on being served, as README promises.
+    pub fn for_new_connection(&self) -> Option<Arc<Served>> {
+        let served = self.get();
+        if served.unchanged() {
+            Some(served)
+        } else {
+            self.report_change();
+            None
+        }
+    }
+
     /// A connection saw the file change under it: schedule a re-hash.
     pub fn report_change(&self) {
         self.changed.notify_one();
@@ -103,6 +118,10 @@ pub(crate) struct PortStats {
     pub bytes_sent: AtomicU64,
     pub segments_sent: AtomicU64,
     pub rate: AtomicU64,
+    /// Connections closed to make room for a newcomer (the port or their source was full).
+    pub evicted: AtomicU64,
+    /// Newcomers turned away because every slot they could take was transferring.
+    pub refused: AtomicU64,
 }
 
 enum PortRun {
@@ -145,16 +164,21 @@ pub struct ServerGroup {
 }
 
 fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
-    use std::os::unix::fs::MetadataExt;
     let bad = |reason: String| ServeError::BadFile {
         path: config.file.clone(),
         reason,
     };
+    // Checked before opening, since opening a FIFO would block; and again on the open file,
+    // which is what is served, in case the path changed in between.
     let meta = std::fs::metadata(&config.file).map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("not a regular file".into()));
     }
     let file = File::open(&config.file).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
     let name = config
         .file
         .file_name()
@@ -164,7 +188,7 @@ fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
     let segment_size = config
         .segment_size
         .unwrap_or_else(|| choose_segment_size(meta.len()));
-    let manifest = build_manifest(
+    let (manifest, stamp) = build_stamped_manifest(
         &file,
         &config.file,
         name,
@@ -178,7 +202,7 @@ fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
         file,
         manifest,
         preamble,
-        fingerprint: (meta.len(), meta.mtime(), meta.mtime_nsec()),
+        stamp,
     })
 }
 
@@ -426,6 +450,13 @@ impl ServerGroup {
         }
     }
 
+    /// (device, inode) of the file the group serves now, from its open descriptor.
+    pub fn file_identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.served.get().file.metadata().ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
+
     pub fn info(&self) -> GroupInfo {
         GroupInfo {
             id: self.id,
@@ -475,9 +506,12 @@ fn spawn_accept_loop(
     let bucket = bucket.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(10);
-        // Taken before accept: past the limit, clients wait in the kernel's backlog instead
-        // of each costing a segment buffer here.
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+        // Who holds the port's connection slots; a newcomer may evict an idle one.
+        let admission = Admission::new(Limits::default());
+        // Taken before accept, and held by a connection's task to its very end (evicted ones
+        // included): a hard bound on tasks and buffers even under a flood of connects, past
+        // which clients wait in the kernel's backlog.
+        let permits = Arc::new(Semaphore::new(SERVER_MAX_CONNECTION_TASKS_PER_PORT));
         loop {
             let accepted = tokio::select! {
                 _ = token.cancelled() => break,
@@ -492,16 +526,38 @@ fn spawn_accept_loop(
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
+                    let ticket = match admission.admit(peer.ip(), Instant::now()) {
+                        Ok((ticket, evicted)) => {
+                            if let Some(phase) = evicted {
+                                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                                debug!(port, %peer, ?phase, "slots full: evicted the longest-idle connection");
+                            }
+                            ticket
+                        }
+                        Err(refusal) => {
+                            // Per-connection logs stay at debug: a flood must not flood the
+                            // log too; the status line counts refusals.
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            debug!(port, %peer, %refusal, "connection refused");
+                            refuse(&stream, &refusal.to_string());
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let (served, stats, bucket, token) =
                         (served.clone(), stats.clone(), bucket.clone(), token.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
                         stats.connections.fetch_add(1, Ordering::Relaxed);
+                        // The connection itself notices eviction between frames (and says
+                        // why); the last branch cuts one stuck in a write.
                         let result = tokio::select! {
+                            biased;
                             _ = token.cancelled() => Ok(()),
-                            r = serve_connection(stream, &served, &stats, bucket.as_deref()) => r,
+                            r = serve_connection(stream, &served, &stats, bucket.as_deref(), &ticket) => r,
+                            _ = ticket.evicted.cancelled() => Err(ConnError::Evicted),
                         };
+                        drop(ticket);
                         stats.connections.fetch_sub(1, Ordering::Relaxed);
                         match result {
                             Ok(()) => tracing::debug!(port, %peer, "connection closed"),
@@ -520,23 +576,38 @@ fn spawn_accept_loop(
     })
 }
 
+/// Turns a newcomer away with an ERROR frame saying why. Best effort and never waiting: a
+/// fresh socket's send buffer is empty, and a client being refused gets no more of our time.
+fn refuse(stream: &TcpStream, message: &str) {
+    let mut frame = Vec::new();
+    ServerFrame::Error {
+        code: ErrorCode::Internal,
+        message: message.into(),
+    }
+    .encode(&mut frame);
+    let _ = stream.try_write(&frame);
+}
+
 /// Re-hashes the file after a connection reported that it changed in place: waits until its
-/// size and mtime have held still for a second (a writer may still be at it), then hashes
-/// it anew and swaps it in. Downloads of the old content then see a different header and
-/// fail clearly instead of ever receiving mixed bytes.
+/// stamp (size, mtime, ctime, inode, device) has held still for a second (a
+/// writer may still be at it), then hashes it anew and swaps it in. Downloads of the old
+/// content then see a different header and fail clearly instead of ever receiving mixed
+/// bytes.
 fn spawn_rehash_task(served: Arc<ServedFile>, config: GroupConfig, shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let fingerprint = |path: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
-        };
+        let fingerprint = |path: &Path| std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = served.changed.notified() => {}
             }
+            // Reports that arrived while the last re-hash ran may be about the file it
+            // already hashed.
+            let current = served.get();
+            if current.unchanged() {
+                continue;
+            }
+            drop(current);
             let mut last = fingerprint(&config.file);
             loop {
                 tokio::select! {
@@ -601,6 +672,8 @@ fn spawn_status_task(
                         port = p.port,
                         state = %p.state,
                         connections = p.connections,
+                        evicted = slot.stats.evicted.load(Ordering::Relaxed),
+                        refused = slot.stats.refused.load(Ordering::Relaxed),
                         sent = %human_bytes(p.bytes_sent),
                         segments = p.segments_sent,
                         rate = %human_rate(p.rate_bps),

@@ -1,6 +1,7 @@
 //! Virtual server groups: one file served on N ports, each port an independent server with
 //! its own listener, connections and counters (the spec's `Server.py`).
 
+mod admission;
 mod connection;
 mod digests;
 mod group;

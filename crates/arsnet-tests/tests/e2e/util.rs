@@ -439,11 +439,14 @@ pub fn ctl_within(d: &Daemon, args: &[&str], timeout: Duration) -> Option<Output
 
 /// A TCP connection to `127.0.0.1:port` from the loopback address `source` (any of
 /// 127.0.0.0/8 works on Linux), so that a test can play several client machines. The
-/// connect gives up after `timeout` (Linux applies SO_SNDTIMEO to connect).
+/// connect gives up after `timeout` (Linux applies SO_SNDTIMEO to connect). `rcvbuf` sets a
+/// receive buffer before connecting (a small one makes a client that stops reading stall
+/// the server's writes quickly).
 pub fn connect_from(
     source: std::net::Ipv4Addr,
     port: u16,
     timeout: Duration,
+    rcvbuf: Option<usize>,
 ) -> std::io::Result<std::net::TcpStream> {
     use std::os::fd::FromRawFd;
     let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
@@ -481,6 +484,16 @@ pub fn connect_from(
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         ))?;
+        if let Some(size) = rcvbuf {
+            let size = size as libc::c_int;
+            check(libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ))?;
+        }
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let from = sockaddr(source, 0);
         check(libc::bind(
