@@ -133,15 +133,21 @@ impl Manifest {
     /// segment size and root (which covers every digest). Two servers agree iff their
     /// identities are equal.
     pub fn identity(&self) -> Digest {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"arsnet-identity-v2");
-        hasher.update(&(self.name.len() as u64).to_be_bytes());
-        hasher.update(self.name.as_bytes());
-        hasher.update(&self.size.to_be_bytes());
-        hasher.update(&self.segment_size.to_be_bytes());
-        hasher.update(&self.root);
-        *hasher.finalize().as_bytes()
+        identity_of(&self.name, self.size, self.segment_size, &self.root)
     }
+}
+
+/// [`Manifest::identity`] from the fields a wire header carries, so that a client can tell
+/// which download a server offers before it receives the digest table.
+pub fn identity_of(name: &str, size: u64, segment_size: u32, root: &Digest) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"arsnet-identity-v2");
+    hasher.update(&(name.len() as u64).to_be_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update(&size.to_be_bytes());
+    hasher.update(&segment_size.to_be_bytes());
+    hasher.update(root);
+    *hasher.finalize().as_bytes()
 }
 
 /// The digest of a segment from its finished hasher: the chaining value when the file has

@@ -171,6 +171,13 @@ pub struct Header {
     pub root: Digest,
 }
 
+impl Header {
+    /// The identity of the download this header offers (see `Manifest::identity`).
+    pub fn identity(&self) -> Digest {
+        crate::manifest::identity_of(&self.name, self.size, self.segment_size, &self.root)
+    }
+}
+
 /// The header of a SEGMENT frame; `length` raw bytes follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHead {

@@ -44,6 +44,9 @@ pub enum Action {
 pub enum DropReason {
     /// Segments were in flight but nothing arrived for `stall_timeout`.
     Stalled,
+    /// In the job's tail, far slower on its segment than the fastest server (see
+    /// `Config::laggard_factor`).
+    TooSlow,
     /// Connected but no header within `handshake_timeout`.
     HandshakeTimeout,
     /// The header names different content than the job's layout (server is blamed).

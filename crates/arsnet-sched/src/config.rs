@@ -25,6 +25,11 @@ pub struct Config {
     /// servers' headers before the strict majority of those that answered decides the
     /// content (it decides earlier once every server answered or failed).
     pub election_window: Duration,
+    /// In the tail of a job, a connection on one segment for this many times the fastest
+    /// server's per-segment time is dropped and its segments go to idle servers.
+    pub laggard_factor: u32,
+    /// ...but never before it has been on that segment this long.
+    pub laggard_floor: Duration,
 }
 
 impl Default for Config {
@@ -38,6 +43,8 @@ impl Default for Config {
             endgame: true,
             max_copies: 2,
             election_window: Duration::from_secs(3),
+            laggard_factor: 8,
+            laggard_floor: Duration::from_secs(2),
         }
     }
 }

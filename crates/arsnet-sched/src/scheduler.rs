@@ -353,7 +353,7 @@ impl Scheduler {
         if let Some(c) = self.servers.conn_mut(server) {
             c.last_progress = now;
         }
-        let verdict = self.complete_segment(server, slot);
+        let verdict = self.complete_segment(server, slot, now);
         self.fill(server, now);
         self.settle(now);
         verdict
@@ -421,7 +421,46 @@ impl Scheduler {
         for server in due {
             self.expire(server, now);
         }
+        self.drop_laggards(now);
         self.settle(now);
+    }
+
+    /// In the tail of a job (servers with free slots, nothing left to hand them), a
+    /// connection that has been on one segment for `laggard_factor` times the fastest
+    /// server's segment time (and at least `laggard_floor`) is dropped, so that its segments
+    /// go to the idle, faster ones at once. Progress, however slow, does not save it: this is
+    /// what stops a server trickling a byte at a time from holding the last segments forever.
+    fn drop_laggards(&mut self, now: Duration) {
+        let Some(job) = self.job.as_mut() else {
+            return;
+        };
+        if self.hungry.is_empty() || job.segments.has_available() {
+            return;
+        }
+        let Some(best) = self.servers.best_segment_time() else {
+            return;
+        };
+        let limit = best
+            .saturating_mul(self.config.laggard_factor)
+            .max(self.config.laggard_floor);
+        let laggards: Vec<(ServerId, Duration)> = (0..self.servers.len())
+            .filter(|&s| self.hungry.iter().any(|&h| h != s))
+            .filter_map(|s| {
+                let conn = self.servers.conn(s).filter(|c| c.active)?;
+                let busy = conn.busy_for(now)?;
+                (busy > limit).then_some((s, busy))
+            })
+            .collect();
+        for (server, busy) in laggards {
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::TooSlow),
+                Fate::Retry(format!(
+                    "too slow: {busy:?} on one segment while the fastest server takes {best:?}"
+                )),
+            );
+        }
     }
 
     /// Operator asked to retry: every server in Backoff reconnects now. Blamed servers stay
@@ -579,6 +618,7 @@ impl Scheduler {
             conn.slots.push(Slot {
                 segment,
                 cancelling: false,
+                requested_at: now,
             });
             self.actions.push_back(Action::Request {
                 conn: conn.id,
@@ -598,7 +638,12 @@ impl Scheduler {
     }
 
     /// A verified copy of `slot.segment` arrived from `server`.
-    fn complete_segment(&mut self, server: ServerId, slot: Slot) -> SegmentVerdict {
+    fn complete_segment(&mut self, server: ServerId, slot: Slot, now: Duration) -> SegmentVerdict {
+        let took = self.servers.conn_mut(server).map_or(Duration::ZERO, |c| {
+            let took = now.saturating_sub(slot.requested_at.max(c.last_delivery));
+            c.last_delivery = now;
+            took
+        });
         let others = match self.job.as_mut() {
             Some(job) if !slot.cancelling => job.segments.finish(slot.segment, server),
             _ => None,
@@ -606,7 +651,7 @@ impl Scheduler {
         let Some(others) = others else {
             return SegmentVerdict::Duplicate;
         };
-        self.servers.count_store(server);
+        self.servers.count_store(server, took);
         for other in others {
             if let Some(conn) = self.servers.conn_mut(other) {
                 if let Some(s) = conn.slot_mut(slot.segment) {

@@ -16,6 +16,8 @@ pub(crate) struct Slot {
     pub(crate) segment: u64,
     /// Another copy already won; a CANCEL was sent and the slot waits for its answer.
     pub(crate) cancelling: bool,
+    /// When the REQUEST was issued.
+    pub(crate) requested_at: Duration,
 }
 
 /// The current connection attempt of a server.
@@ -28,6 +30,23 @@ pub(crate) struct Conn {
     pub(crate) slots: Vec<Slot>,
     /// Last time data arrived, or the pipeline went from empty to busy; the stall clock.
     pub(crate) last_progress: Duration,
+    /// When the connection last delivered a whole segment (or was accepted): how long it is
+    /// taking for its current one, measured against the job's fastest (see `laggards`).
+    pub(crate) last_delivery: Duration,
+}
+
+impl Conn {
+    /// How long the connection has been working on its current segment: since its last
+    /// delivery or its oldest live request, whichever is later. `None` with nothing to do.
+    pub(crate) fn busy_for(&self, now: Duration) -> Option<Duration> {
+        let oldest = self
+            .slots
+            .iter()
+            .filter(|s| !s.cancelling)
+            .map(|s| s.requested_at)
+            .min()?;
+        Some(now.saturating_sub(oldest.max(self.last_delivery)))
+    }
 }
 
 impl Conn {
@@ -50,6 +69,8 @@ struct Server {
     attempt: u32,
     segments_done: u64,
     failures: u64,
+    /// Smoothed time this server takes per segment (first copies only), once measured.
+    segment_time: Option<Duration>,
     /// The entry this server has in the timer index, if any.
     timer: Option<Duration>,
 }
@@ -78,6 +99,7 @@ impl Servers {
                     state: ServerState::Idle,
                     conn: None,
                     attempt: 0,
+                    segment_time: None,
                     segments_done: 0,
                     failures: 0,
                     timer: None,
@@ -168,6 +190,7 @@ impl Servers {
             active: false,
             slots: Vec::new(),
             last_progress: now,
+            last_delivery: now,
         });
         self.by_conn.insert(id, server);
         self.set_state(server, ServerState::Connecting);
@@ -185,6 +208,7 @@ impl Servers {
         };
         conn.active = true;
         conn.last_progress = now;
+        conn.last_delivery = now;
         self.set_state(server, ServerState::Active);
     }
 
@@ -221,12 +245,23 @@ impl Servers {
         self.set_state(server, ServerState::Blamed(reason));
     }
 
-    /// The server delivered a verified segment first: counted, and its failure streak ends.
-    pub(crate) fn count_store(&mut self, server: ServerId) {
+    /// The server delivered a verified segment first, after working on it for `took`:
+    /// counted, its speed estimate updated, and its failure streak ends.
+    pub(crate) fn count_store(&mut self, server: ServerId, took: Duration) {
         if let Some(entry) = self.list.get_mut(server) {
             entry.segments_done = entry.segments_done.saturating_add(1);
             entry.attempt = 0;
+            // Exponential average, 1/4 weight for the new sample.
+            entry.segment_time = Some(match entry.segment_time {
+                Some(avg) => (avg * 3 + took) / 4,
+                None => took,
+            });
         }
+    }
+
+    /// The fastest per-segment time any server has shown so far.
+    pub(crate) fn best_segment_time(&self) -> Option<Duration> {
+        self.list.iter().filter_map(|s| s.segment_time).min()
     }
 
     /// Servers waiting out a backoff (for "retry now").

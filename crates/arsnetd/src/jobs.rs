@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arsnet_engine::download::{run_download, DownloadSpec, JobCommand, Outcome};
-use arsnet_proto::control::{ControlError, ErrorKind, FetchSpec, JobId, JobInfo, JobState, Update};
+use arsnet_proto::control::{
+    ControlError, ErrorKind, FetchSpec, JobId, JobInfo, JobState, Pin, Update,
+};
 use arsnet_store::dir::Dir;
 use arsnet_store::DownloadStore;
 use tokio::sync::{mpsc, watch};
@@ -181,6 +183,9 @@ pub(crate) fn fetch(
             .map(|(&id, _)| id);
         if let Some(existing) = existing {
             if spec.resume {
+                if let Some(entry) = inner.jobs.get(&existing) {
+                    check_same_content(existing, entry, spec.pin)?;
+                }
                 let mut saved = Ok(());
                 // Attaching to a job that is paused or failed means: continue it.
                 if let Some(entry) = inner.jobs.get_mut(&existing) {
@@ -190,6 +195,11 @@ pub(crate) fn fetch(
                         // The options that do not define the download come from this call
                         // (e.g. `fetch -r --overwrite` after "already exists").
                         entry.spec.overwrite = spec.overwrite;
+                        // A job that never accepted a content (e.g. its servers disagreed) may
+                        // be told which one with its first pin.
+                        if entry.spec.pin.is_none() && entry.content.is_none() {
+                            entry.spec.pin = spec.pin;
+                        }
                         entry.spec.metric_interval_secs = spec.metric_interval_secs;
                         entry.state = JobState::Queued;
                         entry.resume_next = true;
@@ -237,6 +247,33 @@ pub(crate) fn fetch(
     info!(job = id, "download queued");
     pump(daemon);
     Ok((id, false))
+}
+
+/// `fetch -r` may attach to a job only for the content that job is about: a pin that
+/// contradicts the job's own pin, or the content it already accepted, is refused rather than
+/// switching the job (its partial files are of that content).
+fn check_same_content(id: JobId, entry: &JobEntry, pin: Option<Pin>) -> Result<(), ControlError> {
+    let Some(pin) = pin else {
+        return Ok(());
+    };
+    let contradicts = match (pin, entry.spec.pin, entry.content) {
+        (pin, Some(own), _) if pin != own => true,
+        (Pin::Blake3(digest), _, Some(content)) => digest != content,
+        _ => false,
+    };
+    if contradicts {
+        return Err(ControlError::new(
+            ErrorKind::Conflict,
+            format!(
+                "job {id} downloads other content than this pin{}; cancel it, or fetch into another directory",
+                entry
+                    .content
+                    .map(|c| format!(" (its BLAKE3 is {})", arsnet_proto::manifest::to_hex(&c)))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Starts queued jobs while there is a free slot: jobs that were running before a restart

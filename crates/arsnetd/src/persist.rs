@@ -161,6 +161,17 @@ pub enum LoadError {
 
 /// Reads the state file. Only a missing file means "fresh"; any other I/O error is an
 /// error (never "start empty"), and an unparseable file is moved aside, not deleted.
+/// Decodes a state file's bytes (the one decoder of the state file, fuzzed in `fuzz/`):
+/// JSON of the right shape and version, or why not.
+pub fn parse_state(bytes: &[u8]) -> Result<StateFile, String> {
+    let state: StateFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if state.version == STATE_VERSION {
+        Ok(state)
+    } else {
+        Err(format!("unsupported state version {}", state.version))
+    }
+}
+
 pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
     let path = dir.join(STATE_FILE);
     let read_error = |error| LoadError::Read {
@@ -177,16 +188,7 @@ pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
         Ok(_) => {}
     }
     let bytes = std::fs::read(&path).map_err(read_error)?;
-    let parsed: Result<StateFile, String> = serde_json::from_slice(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|s: StateFile| {
-            if s.version == STATE_VERSION {
-                Ok(s)
-            } else {
-                Err(format!("unsupported state version {}", s.version))
-            }
-        });
-    match parsed {
+    match parse_state(&bytes) {
         Ok(state) => Ok(Loaded::State(state)),
         Err(reason) => {
             let kept_at = free_corrupt_name(dir);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arsnet_proto::limits::WIRE_VERSION;
 use arsnet_proto::wire::{check_segment_head, ClientFrame, ManifestAssembler, ServerFrame};
-use arsnet_proto::Manifest;
+use arsnet_proto::{Digest, Manifest};
 use arsnet_sched::ConnId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,16 +69,40 @@ impl Drop for ConnHandle {
     }
 }
 
-/// The job's accepted manifest, shared so that every connection serving the same content
-/// uses one digest table instead of holding its own copy.
-pub(crate) type Canonical = Arc<std::sync::Mutex<Option<Arc<Manifest>>>>;
+/// The manifests a job's connections have assembled, by download identity: a connection
+/// whose server announces a download already known skips its DIGESTS frames (checking only
+/// their order and count) and shares the one table, so a job holds one digest table per
+/// content however many servers serve it. Only one connection assembles at a time
+/// (`assembling`), so two servers of the same content never build two copies either.
+#[derive(Clone, Default)]
+pub(crate) struct Manifests {
+    known: Arc<std::sync::Mutex<std::collections::HashMap<Digest, Arc<Manifest>>>>,
+    assembling: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Manifests {
+    fn get(&self, identity: &Digest) -> Option<Arc<Manifest>> {
+        self.known
+            .lock()
+            .ok()
+            .and_then(|m| m.get(identity).cloned())
+    }
+
+    /// Records a manifest (the job's adopted one, or one a connection assembled).
+    pub fn insert(&self, manifest: Arc<Manifest>) -> Arc<Manifest> {
+        match self.known.lock() {
+            Ok(mut known) => known.entry(manifest.identity()).or_insert(manifest).clone(),
+            Err(_) => manifest,
+        }
+    }
+}
 
 /// What a connection needs from its job besides its address.
 #[derive(Clone)]
 pub(crate) struct ConnContext {
     pub connect_timeout: Duration,
     pub events: mpsc::Sender<ConnEvent>,
-    pub canonical: Canonical,
+    pub manifests: Manifests,
     pub buffers: BufferPool,
 }
 
@@ -111,7 +135,8 @@ pub(crate) fn spawn_connection(
 async fn handshake(
     address: &str,
     connect_timeout: Duration,
-) -> Result<(TcpStream, Manifest), String> {
+    manifests: &Manifests,
+) -> Result<(TcpStream, Arc<Manifest>), String> {
     let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
         .await
         .map_err(|_| format!("connect timed out after {}s", connect_timeout.as_secs()))?
@@ -127,54 +152,100 @@ async fn handshake(
         .await
         .map_err(|e| format!("send failed: {e}"))?;
     let mut payload = Vec::new();
-    // Each frame gets `connect_timeout`, not the whole exchange: the digest table of a huge
-    // file may take a while on a slow link, and steady progress is not a hang.
-    let no_progress = || format!("server sent nothing for {}s", connect_timeout.as_secs());
-    let read = async {
-        let first = tokio::time::timeout(
+    let header = match read_frame_within(&mut stream, &mut payload, connect_timeout).await? {
+        ServerFrame::Header(header) => header,
+        ServerFrame::Error { message, .. } => return Err(format!("server error: {message}")),
+        other => {
+            return Err(format!(
+                "protocol violation: expected HEADER, got {other:?}"
+            ))
+        }
+    };
+    let identity = header.identity();
+    if let Some(known) = manifests.get(&identity) {
+        skip_digests(
+            &mut stream,
+            &mut payload,
+            header.segment_count,
             connect_timeout,
-            read_server_frame(&mut stream, &mut payload),
         )
-        .await
-        .map_err(|_| no_progress())?;
-        let header = match first {
-            Ok(ServerFrame::Header(header)) => header,
-            Ok(ServerFrame::Error { message, .. }) => {
-                return Err(format!("server error: {message}"))
+        .await?;
+        return Ok((stream, known));
+    }
+    // One assembly at a time per job; whoever waited may find the table made meanwhile.
+    let _turn = manifests.assembling.lock().await;
+    if let Some(known) = manifests.get(&identity) {
+        skip_digests(
+            &mut stream,
+            &mut payload,
+            header.segment_count,
+            connect_timeout,
+        )
+        .await?;
+        return Ok((stream, known));
+    }
+    let mut assembler = ManifestAssembler::new(header);
+    while !assembler.is_complete() {
+        match read_frame_within(&mut stream, &mut payload, connect_timeout).await? {
+            ServerFrame::Digests { first, digests } => {
+                assembler
+                    .push(first, digests)
+                    .map_err(|e| format!("bad digests: {e}"))?;
             }
-            Ok(other) => {
+            other => {
                 return Err(format!(
-                    "protocol violation: expected HEADER, got {other:?}"
+                    "protocol violation: expected DIGESTS, got {other:?}"
                 ))
             }
-            Err(e) => return Err(format!("bad header: {e}")),
-        };
-        let mut assembler = ManifestAssembler::new(header);
-        while !assembler.is_complete() {
-            let next = tokio::time::timeout(
-                connect_timeout,
-                read_server_frame(&mut stream, &mut payload),
-            )
-            .await
-            .map_err(|_| no_progress())?;
-            match next {
-                Ok(ServerFrame::Digests { first, digests }) => {
-                    assembler
-                        .push(first, digests)
-                        .map_err(|e| format!("bad digests: {e}"))?;
-                }
-                Ok(other) => {
-                    return Err(format!(
-                        "protocol violation: expected DIGESTS, got {other:?}"
-                    ))
-                }
-                Err(e) => return Err(format!("bad digests: {e}")),
+        }
+    }
+    let manifest = assembler
+        .finish()
+        .map_err(|e| format!("bad manifest: {e}"))?;
+    Ok((stream, manifests.insert(Arc::new(manifest))))
+}
+
+/// Reads one server frame, giving up after `limit` of silence. Each frame gets its own
+/// limit, not the whole exchange: the digest table of a huge file may take a while on a slow
+/// link, and steady progress is not a hang.
+async fn read_frame_within(
+    stream: &mut TcpStream,
+    payload: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<ServerFrame, String> {
+    tokio::time::timeout(limit, read_server_frame(stream, payload))
+        .await
+        .map_err(|_| format!("server sent nothing for {}s", limit.as_secs()))?
+        .map_err(|e| format!("bad handshake frame: {e}"))
+}
+
+/// Reads the DIGESTS frames of a download whose table the job already holds, checking their
+/// order and count but keeping nothing.
+async fn skip_digests(
+    stream: &mut TcpStream,
+    payload: &mut Vec<u8>,
+    count: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let mut next = 0u64;
+    while next < count {
+        match read_frame_within(stream, payload, limit).await? {
+            ServerFrame::Digests { first, digests }
+                if first == next && next + digests.len() as u64 <= count =>
+            {
+                next += digests.len() as u64;
+            }
+            ServerFrame::Digests { .. } => {
+                return Err("bad digests: out of order or too many".to_string())
+            }
+            other => {
+                return Err(format!(
+                    "protocol violation: expected DIGESTS, got {other:?}"
+                ))
             }
         }
-        assembler.finish().map_err(|e| format!("bad manifest: {e}"))
-    };
-    let manifest = read.await?;
-    Ok((stream, manifest))
+    }
+    Ok(())
 }
 
 async fn run(
@@ -185,12 +256,7 @@ async fn run(
     received: &AtomicU64,
 ) -> Result<(), String> {
     let events = &ctx.events;
-    let (stream, manifest) = handshake(address, ctx.connect_timeout).await?;
-    let shared = ctx.canonical.lock().ok().and_then(|c| c.clone());
-    let manifest = match shared {
-        Some(canonical) if canonical.identity() == manifest.identity() => canonical,
-        _ => Arc::new(manifest),
-    };
+    let (stream, manifest) = handshake(address, ctx.connect_timeout, &ctx.manifests).await?;
     events
         .send(ConnEvent::Header {
             conn,
@@ -265,5 +331,89 @@ async fn run(
     tokio::select! {
         error = send_requests => Err(error),
         result = receive => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arsnet_proto::manifest::digest_all;
+    use tokio::io::AsyncReadExt;
+
+    /// A server on loopback that sends `manifest`'s HEADER and DIGESTS to each connection
+    /// after its HELLO, then holds the connection open.
+    async fn preamble_server(manifest: &Manifest) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let mut preamble = Vec::new();
+        arsnet_proto::wire::encode_manifest(manifest, &mut preamble);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let preamble = preamble.clone();
+                tokio::spawn(async move {
+                    let mut hello = [0u8; 13];
+                    if stream.read_exact(&mut hello).await.is_ok() {
+                        let _ = stream.write_all(&preamble).await;
+                        let mut sink = [0u8; 64];
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    fn manifest_of(seed: u8) -> Manifest {
+        let data: Vec<u8> = (0..5 * 4096 + 7).map(|i| (i as u8) ^ seed).collect();
+        Manifest::new(
+            "f.bin".into(),
+            data.len() as u64,
+            4096,
+            digest_all(&data, 4096),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn servers_of_one_content_share_one_digest_table() {
+        let same = manifest_of(1);
+        let other = manifest_of(2);
+        let mut addresses = Vec::new();
+        for _ in 0..3 {
+            addresses.push(preamble_server(&same).await);
+        }
+        addresses.push(preamble_server(&other).await);
+        let manifests = Manifests::default();
+        let timeout = Duration::from_secs(5);
+        let mut got = Vec::new();
+        for address in &addresses {
+            let (_stream, manifest) = handshake(address, timeout, &manifests).await.unwrap();
+            got.push(manifest);
+        }
+        assert!(Arc::ptr_eq(&got[0], &got[1]) && Arc::ptr_eq(&got[1], &got[2]));
+        assert_eq!(*got[0], same);
+        assert_eq!(*got[3], other);
+        assert_eq!(
+            manifests.known.lock().unwrap().len(),
+            2,
+            "one table per content"
+        );
+        // A table the job already held (e.g. adopted from the journal) is used as is.
+        let adopted = Manifests::default();
+        let held = adopted.insert(Arc::new(same.clone()));
+        let (_stream, manifest) = handshake(&addresses[0], timeout, &adopted).await.unwrap();
+        assert!(Arc::ptr_eq(&held, &manifest));
+    }
+
+    #[tokio::test]
+    async fn a_server_whose_digests_do_not_prove_its_root_is_refused() {
+        let mut lying = manifest_of(3);
+        lying.digests[2][0] ^= 1;
+        let address = preamble_server(&lying).await;
+        let err = handshake(&address, Duration::from_secs(5), &Manifests::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("bad manifest"), "{err}");
     }
 }

@@ -203,7 +203,7 @@ pub async fn run_download(
     let ctx = ConnContext {
         connect_timeout: spec.config.connect_timeout,
         events: events_tx,
-        canonical: Default::default(),
+        manifests: Default::default(),
         buffers: BufferPool::new(spec.sources.len() * 2 + 16),
     };
     let sources = spec
@@ -376,9 +376,7 @@ impl Job {
 
     /// Records the accepted manifest and shares it with connections (one digest table).
     fn set_manifest(&mut self, manifest: Arc<Manifest>) {
-        if let Ok(mut canonical) = self.ctx.canonical.lock() {
-            *canonical = Some(manifest.clone());
-        }
+        let manifest = self.ctx.manifests.insert(manifest);
         self.manifest = Some(manifest);
     }
 

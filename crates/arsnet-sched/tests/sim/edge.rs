@@ -500,3 +500,63 @@ fn time_at_the_end_of_duration_does_not_overflow() {
     drain(&mut s);
     assert!(matches!(s.phase(), Phase::Running | Phase::Waiting));
 }
+
+#[test]
+fn tricklers_holding_the_last_segment_lose_it_to_idle_servers() {
+    // Two servers hold both copies of the last segment and send a byte now and then (never
+    // stalling by the clock), while two others sit idle: the tricklers must lose it.
+    let config = Config {
+        pipeline_depth: 1,
+        max_copies: 2,
+        ..Config::default()
+    };
+    let mut s = Scheduler::with_layout(config, 4, layout(2), &[], T0);
+    let conns = connects(&drain(&mut s));
+    s.on_header(T0, conns[0], layout(2));
+    s.on_header(T0, conns[1], layout(2));
+    assert_eq!(requests(&drain(&mut s)), [(conns[0], 0), (conns[1], 1)]);
+    // Server 1 is quick with its first segment, then takes a copy of segment 0.
+    assert_eq!(
+        s.on_segment(ms(10), conns[1], 1, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(requests(&drain(&mut s)), [(conns[1], 0)]);
+    // The other two arrive: nothing is left for them to take.
+    s.on_header(ms(20), conns[2], layout(2));
+    s.on_header(ms(20), conns[3], layout(2));
+    assert!(requests(&drain(&mut s)).is_empty());
+    let mut moved_at = None;
+    let mut dropped = Vec::new();
+    for step in 1..=600u64 {
+        let now = ms(20 + step * 100);
+        s.on_progress(now, conns[0], 1);
+        s.on_progress(now, conns[1], 1);
+        s.on_tick(now);
+        for action in drain(&mut s) {
+            match action {
+                Action::Request { conn, segment: 0 } if conn == conns[2] || conn == conns[3] => {
+                    moved_at.get_or_insert(now);
+                }
+                Action::Disconnect { conn, reason } => dropped.push((conn, reason)),
+                _ => {}
+            }
+        }
+    }
+    let moved_at = moved_at.expect("segment 0 never left the tricklers");
+    // Not before the floor (2 s of work on one segment), and soon after it.
+    assert!(
+        moved_at >= ms(2000) && moved_at <= ms(2500),
+        "moved at {moved_at:?}"
+    );
+    assert!(
+        dropped.contains(&(conns[0], DropReason::TooSlow)),
+        "{dropped:?}"
+    );
+    assert!(
+        dropped.contains(&(conns[1], DropReason::TooSlow)),
+        "{dropped:?}"
+    );
+    // Retried later like any failure, not blamed: slow is not dishonest.
+    assert!(!matches!(s.server_state(0), ServerState::Blamed(_)));
+    assert!(s.server_stats(0).failures >= 1);
+}

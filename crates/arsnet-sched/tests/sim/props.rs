@@ -103,6 +103,7 @@ fn case() -> impl Strategy<Value = Case> {
                         endgame,
                         max_copies,
                         election_window: ms(500),
+                        ..Config::default()
                     },
                     known_layout,
                     net: Net {

@@ -196,6 +196,40 @@ fn no_strict_majority_fails_naming_both_contents() {
         !out.join("two.bin.arsnet-dump").exists(),
         "nothing was stored"
     );
+    // As the error says: pin one, and the same job downloads it.
+    let again = fetch(&client, &out, &ports, &["-r", "--blake3", &b3(&y)]);
+    assert_eq!(again, job, "fetch -r attaches to the failed job");
+    let st = client.wait_job(job, LONG, |s| terminal(s) && job_state(s) != "failed");
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert_same(&out.join("two.bin"), &y);
+}
+
+#[test]
+fn fetch_r_cannot_switch_a_job_to_other_content() {
+    let s = setup(8 << 20, 2 << 20);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    pause_midway(&s, job);
+    let args = fetch_args(&s.out, &s.ports, &["-r", "--blake3", &"ab".repeat(32)]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.client.ctl(&refs);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("other content"),
+        "{out:?}"
+    );
+    let st = s.client.status(job);
+    assert_eq!(job_state(&st), "paused", "the job is left as it was: {st}");
+    // The right pin attaches and finishes it.
+    let again = fetch(
+        &s.client,
+        &s.out,
+        &s.ports,
+        &["-r", "--blake3", &b3(&s.data)],
+    );
+    assert_eq!(again, job);
+    let st = s.client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert_same(&s.out.join("slow.bin"), &s.data);
 }
 
 #[test]
