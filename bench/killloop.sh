@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS=${1:-200}
-SIZE_MIB=${2:-256}
-RATE=${3:-800000}
+SIZE_MIB=${2:-1024}
+RATE=${3:-1500000}
 WORK=${WORK:-/tmp/arsnet-killloop}
 cargo build --release --locked -q -p arsnetd -p arsnetctl
 BIN=$PWD/target/release
@@ -49,7 +49,7 @@ start_client
 started=$(date +%s.%N)
 kills=0
 while [ "$kills" -lt "$KILLS" ]; do
-    sleep "0.$(( (RANDOM % 40) + 10 ))"
+    sleep "$(( RANDOM % 2 )).$(( RANDOM % 10 ))$(( RANDOM % 10 ))"; sleep 0.15
     kill -9 "$cli_pid"
     wait "$cli_pid" 2>/dev/null || true
     kills=$((kills + 1))

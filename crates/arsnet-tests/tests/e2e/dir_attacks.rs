@@ -166,6 +166,27 @@ fn the_majority_decides_not_the_fastest_and_a_pin_overrides_it() {
 }
 
 #[test]
+fn the_first_header_decides_nothing() {
+    // The minority's header arrives first, every time: the majority's come 300 ms later.
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let x = test_data(1 << 20, 11);
+    let y = test_data(1 << 20, 12);
+    let late = Fault::LateHeader(Duration::from_millis(300));
+    let mut ports: Vec<u16> = (0..3)
+        .map(|_| FaultyServer::start(x.clone(), "order.bin", 65536, late.clone()).port)
+        .collect();
+    let first = FaultyServer::start(y, "order.bin", 65536, Fault::Slow(Duration::ZERO));
+    ports.push(first.port);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &ports, &[]);
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "completed", "{st}");
+    assert_same(&out.join("order.bin"), &x);
+    assert_eq!(st["sources"][3]["state"], "blamed", "{st}");
+}
+
+#[test]
 fn no_strict_majority_fails_naming_both_contents() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
