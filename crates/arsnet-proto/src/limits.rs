@@ -31,6 +31,10 @@ pub const MAX_WIRE_PAYLOAD: u32 = 12 + MAX_DIGESTS_PER_FRAME * 32;
 /// that exceeds it, so a client cannot make a server queue unbounded work.
 pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
 
+/// Most servers one download job may name: bounds the per-server state a request can make
+/// the daemon hold.
+pub const MAX_SOURCES_PER_JOB: usize = 1024;
+
 /// Control protocol version (arsnetctl ↔ arsnetd).
 pub const CONTROL_VERSION: u16 = 1;
 /// Largest control frame payload in bytes, enforced before any allocation.

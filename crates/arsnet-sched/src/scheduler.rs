@@ -220,7 +220,7 @@ impl Scheduler {
         self.servers.arm(server, &self.config);
     }
 
-    /// Closes the election when every server answered or failed, or when its window ended.
+    /// Closes the election when every server answered, or when its window ended.
     fn try_decide(&mut self, now: Duration) {
         let Some(election) = self.election.as_ref() else {
             return;
@@ -228,12 +228,12 @@ impl Scheduler {
         if self.job.is_some() || self.disagreement.is_some() || election.votes.is_empty() {
             return;
         }
+        // Early only when every server still in the running has voted. A server that could
+        // not be reached is waited for until the window closes: taking honest servers down
+        // for a moment must not let a liar win by answering alone.
         let everyone_in = (0..self.servers.len()).all(|s| {
             election.votes.iter().any(|(v, _)| *v == s)
-                || matches!(
-                    self.server_state(s),
-                    ServerState::Backoff { .. } | ServerState::Blamed(_)
-                )
+                || matches!(self.server_state(s), ServerState::Blamed(_))
         });
         if !everyone_in && now < election.deadline {
             return;
@@ -287,6 +287,28 @@ impl Scheduler {
             }
         }
         self.dispatch_pending = true;
+    }
+
+    /// The driver found these segments already stored (a partial download it adopted once
+    /// the content was decided): they are done, and connections still fetching one of them
+    /// are told to cancel it.
+    pub fn on_stored_elsewhere(&mut self, now: Duration, segments: &[u64]) {
+        if self.complete {
+            return;
+        }
+        let Some(job) = self.job.as_mut() else {
+            return;
+        };
+        let mut cancels = Vec::new();
+        for &segment in segments {
+            if let Some(others) = job.segments.finish(segment, ServerId::MAX) {
+                cancels.extend(others.into_iter().map(|server| (server, segment)));
+            }
+        }
+        for (server, segment) in cancels {
+            self.cancel_copy(server, segment);
+        }
+        self.settle(now);
     }
 
     /// Bytes of a requested segment arrived on `conn`: the connection is not stalled.
@@ -653,17 +675,22 @@ impl Scheduler {
         };
         self.servers.count_store(server, took);
         for other in others {
-            if let Some(conn) = self.servers.conn_mut(other) {
-                if let Some(s) = conn.slot_mut(slot.segment) {
-                    s.cancelling = true;
-                    self.actions.push_back(Action::Cancel {
-                        conn: conn.id,
-                        segment: slot.segment,
-                    });
-                }
-            }
+            self.cancel_copy(other, slot.segment);
         }
         SegmentVerdict::Store
+    }
+
+    /// `segment` is done: `server`'s copy of it is cancelled.
+    fn cancel_copy(&mut self, server: ServerId, segment: u64) {
+        if let Some(conn) = self.servers.conn_mut(server) {
+            if let Some(s) = conn.slot_mut(segment) {
+                s.cancelling = true;
+                self.actions.push_back(Action::Cancel {
+                    conn: conn.id,
+                    segment,
+                });
+            }
+        }
     }
 
     /// Ends `server`'s current connection: its segments go back to the pool, the driver is

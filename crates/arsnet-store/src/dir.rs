@@ -15,6 +15,37 @@ use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
 
+/// Which file an open descriptor is, for holding a request to the very file it was made for:
+/// device, inode, and birth time (seconds, nanoseconds; 0, 0 where the file system does not
+/// keep one). The birth time is what tells a new file from an old one whose inode number it
+/// reused.
+pub type FileId = (u64, u64, i64, u32);
+
+/// The [`FileId`] of an open descriptor.
+pub fn file_id(fd: &impl AsRawFd) -> io::Result<FileId> {
+    // SAFETY: an all-zero `statx` is a valid value to be overwritten by the kernel.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, valid out-pointer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_INO | libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    check(rc)?;
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    let (sec, nsec) = if stx.stx_mask & libc::STATX_BTIME != 0 {
+        (stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Ok((dev, stx.stx_ino, sec, nsec))
+}
+
 /// What is at a name in the directory (never following a symlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -77,6 +108,9 @@ pub struct Dir {
     path: PathBuf,
     /// The uid files of ours must belong to (the daemon's effective uid).
     owner: u32,
+    /// Whose existing `DIR/NAME` `--overwrite` may replace: the caller's (a file it could
+    /// replace itself), which is the daemon's user unless the request came from another.
+    replace_owner: u32,
 }
 
 fn cstr(name: &str) -> io::Result<CString> {
@@ -120,17 +154,19 @@ impl Dir {
         let fd = check(fd).map_err(|e| StoreError::io("opening directory", path, e))?;
         // SAFETY: `fd` was just returned by open and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let owner = unsafe { libc::geteuid() };
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            owner: unsafe { libc::geteuid() },
+            owner,
+            replace_owner: owner,
         })
     }
 
     /// Opens `path` as [`Dir::open`] does, and refuses it unless it is the directory whose
     /// (device, inode) is `expected` — the one a caller proved it could use when it asked.
-    pub fn open_expecting(path: &Path, expected: Option<(u64, u64)>) -> Result<Dir, StoreError> {
+    pub fn open_expecting(path: &Path, expected: Option<FileId>) -> Result<Dir, StoreError> {
         let dir = Dir::open(path)?;
         match expected {
             Some(identity) if dir.identity()? != identity => Err(StoreError::Untrusted {
@@ -143,11 +179,9 @@ impl Dir {
         }
     }
 
-    /// (device, inode) of the held directory.
-    pub fn identity(&self) -> Result<(u64, u64), StoreError> {
-        let st =
-            fstat_fd(self.fd.as_raw_fd()).map_err(|e| StoreError::io("checking", &self.path, e))?;
-        Ok((st.st_dev, st.st_ino))
+    /// The [`FileId`] of the held directory.
+    pub fn identity(&self) -> Result<FileId, StoreError> {
+        file_id(&self.fd).map_err(|e| StoreError::io("checking", &self.path, e))
     }
 
     /// A second handle on the same directory (a duplicated descriptor).
@@ -160,6 +194,7 @@ impl Dir {
             fd,
             path: self.path.clone(),
             owner: self.owner,
+            replace_owner: self.replace_owner,
         })
     }
 
@@ -197,6 +232,17 @@ impl Dir {
     /// The uid our files must belong to.
     pub fn owner(&self) -> u32 {
         self.owner
+    }
+
+    /// Makes `--overwrite` replace only files of `uid` (the caller of the request).
+    pub fn set_replace_owner(&mut self, uid: u32) {
+        self.replace_owner = uid;
+    }
+
+    /// Whether `--overwrite` may replace `entry`: a regular file with one link of the
+    /// caller's (or, for the daemon's own requests, of the daemon's user).
+    pub fn may_replace(&self, entry: &Entry) -> bool {
+        Dir::owned_by(entry, self.replace_owner)
     }
 
     /// What is at `name`, without following a symlink; `None` when nothing is.
@@ -246,8 +292,13 @@ impl Dir {
     }
 
     /// Opens the published file `name` read-only, never through a symlink, when it is a
-    /// regular file of `uid` with one link (checked on the open descriptor).
-    pub fn open_published(&self, name: &str, uid: u32) -> Result<Option<File>, StoreError> {
+    /// regular file of `uid` with `nlink` links (checked on the open descriptor).
+    pub fn open_published(
+        &self,
+        name: &str,
+        uid: u32,
+        nlink: u64,
+    ) -> Result<Option<File>, StoreError> {
         let path = self.join(name);
         let c = cstr(name).map_err(|e| StoreError::io("opening", &path, e))?;
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
@@ -263,7 +314,8 @@ impl Dir {
         // SAFETY: `fd` was just returned by openat and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         let st = fstat_fd(file.as_raw_fd()).map_err(|e| StoreError::io("checking", &path, e))?;
-        if !Dir::owned_by(&Entry::from_stat(&st), uid) {
+        let found = Entry::from_stat(&st);
+        if found.kind != EntryKind::File || found.uid != uid || found.nlink != nlink {
             return Ok(None);
         }
         clear_nonblock(&file).map_err(|e| StoreError::io("opening", &path, e))?;
@@ -299,21 +351,16 @@ impl Dir {
         Ok(Some(file))
     }
 
-    /// Creates `name`, which must not exist (O_EXCL: nothing planted there is ever reused).
-    pub fn create_new(&self, name: &str) -> Result<File, StoreError> {
+    /// Creates `name` with `mode` (before the umask), which must not exist (O_EXCL: nothing
+    /// planted there is ever reused).
+    pub fn create_new(&self, name: &str, mode: u32) -> Result<File, StoreError> {
         let path = self.join(name);
         let c = cstr(name).map_err(|e| StoreError::io("creating", &path, e))?;
         let flags =
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: valid dir descriptor and NUL-terminated name; mode is a plain integer.
-        let rc = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                flags,
-                0o644 as libc::c_uint,
-            )
-        };
+        let rc =
+            unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) };
         let fd = check(rc).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 StoreError::PartialExists(path.clone())

@@ -86,12 +86,15 @@ impl DownloadStore {
             });
         }
         let paths = StorePaths::new(dir.path(), &name);
-        let dump = dir.create_new(&dump_name(&name))?;
+        // The dump becomes the published file: readable like any download. The journal is
+        // the daemon's alone (0600), so no other user can even open it, let alone hold its
+        // lock and freeze the download.
+        let dump = dir.create_new(&dump_name(&name), 0o644)?;
         let dump_id = Dir::entry_of(&dump, &paths.dump)?;
         let mut journal_id = None;
         let result = dir
             .sync()
-            .and_then(|()| dir.create_new(&journal_name(&name)))
+            .and_then(|()| dir.create_new(&journal_name(&name), 0o600))
             .and_then(|journal| {
                 journal_id = Some(Dir::entry_of(&journal, &paths.journal)?);
                 lock_journal(&journal, &paths.journal)?;
@@ -258,7 +261,7 @@ impl DownloadStore {
         let DownloadStore {
             dir,
             name,
-            paths,
+            paths: _,
             store,
             dump_id,
             journal_id,
@@ -271,11 +274,13 @@ impl DownloadStore {
                 dir.remove_if_same(&name, &existing)?;
             }
         }
-        if let Some((uid, gid)) = give_to {
-            // Verified and synced: from here on the file is the caller's.
-            Dir::chown_file(&dump, &paths.dump, uid, gid)?;
-        }
         publish(&dir, &dump, &dump_id, &name, &target)?;
+        if let Some((uid, gid)) = give_to {
+            // Published first, then given away: a failure here leaves a complete file that
+            // is merely still ours (and recovery gives it away), never a verified dump that
+            // is no longer ours to resume.
+            Dir::chown_file(&dump, &target, uid, gid)?;
+        }
         dir.sync()?;
         match dir.entry(&name)? {
             Some(found) if found.same_file(&dump_id) => {}
@@ -305,18 +310,25 @@ impl DownloadStore {
         name: &str,
         root: &Digest,
         tag: &JobTag,
-        owner: u32,
+        give_to: Option<(u32, u32)>,
     ) -> Result<Option<PathBuf>, StoreError> {
         let name = checked_name(name.as_bytes(), dir.path())?.to_owned();
         let target = dir.join(&name);
         let Some(entry) = dir.entry(&name)? else {
             return Ok(None);
         };
-        let published_by_us = Dir::owned_by(&entry, owner);
-        if !published_by_us {
+        // A crash right after the link leaves the inode under both names (two links), and
+        // one before the ownership change leaves it the daemon's: both are still ours.
+        let linked_twice = dir
+            .entry(&dump_name(&name))?
+            .is_some_and(|dump| dump.same_file(&entry));
+        let owners = [Some(dir.owner()), give_to.map(|(uid, _)| uid)];
+        let uid_ok = owners.contains(&Some(entry.uid));
+        let links_ok = entry.nlink == 1 || (entry.nlink == 2 && linked_twice);
+        if entry.kind != crate::dir::EntryKind::File || !uid_ok || !links_ok {
             return Ok(None);
         }
-        let Some(mut file) = dir.open_published(&name, owner)? else {
+        let Some(mut file) = dir.open_published(&name, entry.uid, entry.nlink)? else {
             return Ok(None);
         };
         let mut hasher = blake3::Hasher::new();
@@ -334,6 +346,11 @@ impl DownloadStore {
             return Ok(None);
         }
         let published = Dir::entry_of(&file, &target)?;
+        if let Some((uid, gid)) = give_to {
+            if published.uid != uid {
+                Dir::chown_file(&file, &target, uid, gid)?;
+            }
+        }
         // Leftovers of the interrupted finalize: only this job's, and only by inode.
         if let Some(journal) = dir.open_file(&journal_name(&name)).ok().flatten() {
             let journal_path = dir.join(&journal_name(&name));
@@ -542,15 +559,22 @@ fn check_target(dir: &Dir, name: &str, overwrite: bool) -> Result<(), StoreError
     }
 }
 
-/// `--overwrite` replaces only a regular file of ours: never a directory, a symlink, a hard
-/// link or another user's file.
+/// `--overwrite` replaces only a regular file with one link of the caller's (one it could
+/// replace itself, sticky directory or not): never a directory, a symlink, a hard link or
+/// another user's file.
 fn check_replaceable(dir: &Dir, entry: &Entry, target: &Path) -> Result<(), StoreError> {
-    dir.check_ours(entry, target).map_err(|e| match e {
-        StoreError::Untrusted { path, reason } => StoreError::Untrusted {
-            path,
-            reason: format!("--overwrite only replaces a regular file of ours, and {reason}"),
-        },
-        other => other,
+    if dir.may_replace(entry) {
+        return Ok(());
+    }
+    let what = match dir.check_ours(entry, target) {
+        Err(StoreError::Untrusted { reason, .. }) => reason,
+        _ => format!("it belongs to uid {}", entry.uid),
+    };
+    Err(StoreError::Untrusted {
+        path: target.to_path_buf(),
+        reason: format!(
+            "--overwrite only replaces a regular file of the requesting user, and {what}"
+        ),
     })
 }
 
@@ -565,6 +589,15 @@ fn checked_name<'a>(raw: &'a [u8], dir: &Path) -> Result<&'a str, StoreError> {
         )
     };
     let name = validate_file_name(raw).map_err(|e| invalid(e.to_string()))?;
+    let longest = name.len() + JOURNAL_SUFFIX.len().max(crate::store::DUMP_SUFFIX.len());
+    if longest > arsnet_proto::limits::MAX_NAME_LEN {
+        return Err(invalid(format!(
+            "file name {name:?} is {} bytes: with the partial files' suffix it would exceed \
+             the {}-byte limit of file names",
+            name.len(),
+            arsnet_proto::limits::MAX_NAME_LEN
+        )));
+    }
     if is_reserved_name(name) {
         return Err(invalid(format!(
             "file name {name:?} ends in a suffix ArsNet reserves for partial downloads"

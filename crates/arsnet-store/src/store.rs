@@ -71,8 +71,12 @@ pub const RESERVED_SUFFIXES: [&str; 3] = [DUMP_SUFFIX, JOURNAL_SUFFIX, UNTRUSTED
 pub const UNTRUSTED_MARK: &str = ".arsnet-untrusted";
 
 /// True when `name` ends in (or contains the kept-aside mark of) an ArsNet-reserved suffix.
+/// ASCII case is ignored, since the directory may be on a case-insensitive file system.
 pub fn is_reserved_name(name: &str) -> bool {
-    name.ends_with(DUMP_SUFFIX) || name.ends_with(JOURNAL_SUFFIX) || name.contains(UNTRUSTED_MARK)
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(DUMP_SUFFIX)
+        || lower.ends_with(JOURNAL_SUFFIX)
+        || lower.contains(UNTRUSTED_MARK)
 }
 
 /// The write-order logic of a download over any pair of backends: `D` for the dump, `J`

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use arsnet_proto::control::{ControlError, ErrorKind};
 
+use arsnet_store::dir::{file_id, FileId};
+
 use crate::control::access::own_uid;
 
 /// The peer of a control connection, from SO_PEERCRED.
@@ -25,9 +27,11 @@ pub struct Caller {
 /// directory it is (checked again when the job runs), and who gets the finished file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirGrant {
-    pub dir_identity: (u64, u64),
+    pub dir_identity: FileId,
     /// `(uid, gid)` the published file is given to, when the daemon can (it runs as root).
     pub give_to: Option<(u32, u32)>,
+    /// The caller: the only one who may change how the job treats existing files.
+    pub uid: u32,
 }
 
 fn refused(message: String) -> ControlError {
@@ -101,11 +105,7 @@ impl Caller {
 
     /// `serve -f FILE`: the caller opened FILE itself. Returns the served file's identity
     /// (device, inode) to hold the group to, or `None` for the daemon's own user.
-    pub fn check_file(
-        &self,
-        path: &Path,
-        fds: &[OwnedFd],
-    ) -> Result<Option<(u64, u64)>, ControlError> {
+    pub fn check_file(&self, path: &Path, fds: &[OwnedFd]) -> Result<Option<FileId>, ControlError> {
         let Some((fd, meta)) = self.passed(path, fds, "file")? else {
             return Ok(None);
         };
@@ -121,7 +121,9 @@ impl Caller {
                 path.display()
             )));
         }
-        Ok(Some((meta.dev(), meta.ino())))
+        file_id(fd)
+            .map(Some)
+            .map_err(|e| refused(format!("cannot inspect the passed file: {e}")))
     }
 
     /// `fetch -o DIR`: the caller opened DIR itself and may write to it (by its mode bits:
@@ -132,9 +134,18 @@ impl Caller {
         path: &Path,
         fds: &[OwnedFd],
     ) -> Result<Option<DirGrant>, ControlError> {
-        let Some((_, meta)) = self.passed(path, fds, "directory")? else {
+        let Some((fd, meta)) = self.passed(path, fds, "directory")? else {
             return Ok(None);
         };
+        // An O_PATH descriptor is obtained without any permission on the directory itself.
+        // SAFETY: fcntl F_GETFL on a valid descriptor.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 || flags & libc::O_PATH != 0 {
+            return Err(refused(format!(
+                "the descriptor passed for {} must be opened for reading, not O_PATH",
+                path.display()
+            )));
+        }
         if !meta.is_dir() {
             return Err(refused(format!("{} is not a directory", path.display())));
         }
@@ -150,9 +161,12 @@ impl Caller {
             )));
         }
         let give_to = (own_uid() == 0 && self.uid != 0).then_some((self.uid, self.gid));
+        let dir_identity = file_id(fd)
+            .map_err(|e| refused(format!("cannot inspect the passed directory: {e}")))?;
         Ok(Some(DirGrant {
-            dir_identity: (meta.dev(), meta.ino()),
+            dir_identity,
             give_to,
+            uid: self.uid,
         }))
     }
 

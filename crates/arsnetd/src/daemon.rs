@@ -149,7 +149,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     init_logging(&config);
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
+    // Created private (0700): job tables, digests and the lock are the daemon's business.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let _lock = crate::lock::lock_state_dir(&state_dir)?;
     // Before the socket exists: state that cannot be read stops the daemon right here.

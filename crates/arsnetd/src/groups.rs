@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arsnet_engine::server::{validate_ports, GroupConfig, ServeError, ServerGroup};
 use arsnet_proto::control::{ControlError, ErrorKind, GroupId, GroupInfo, ServeSpec, Update};
+use arsnet_store::dir::FileId;
 use tracing::warn;
 
 use crate::daemon::Daemon;
@@ -20,11 +21,11 @@ pub(crate) struct GroupEntry {
     /// For a group served for a caller other than the daemon's user: the (device, inode) of
     /// the file that caller opened. The group serves that file or nothing, also after a
     /// restart.
-    pub file_identity: Option<(u64, u64)>,
+    pub file_identity: Option<FileId>,
 }
 
 /// Refuses a group whose open file is not the inode its caller proved it could read.
-fn check_identity(group: &ServerGroup, expected: Option<(u64, u64)>) -> Result<(), ControlError> {
+fn check_identity(group: &ServerGroup, expected: Option<FileId>) -> Result<(), ControlError> {
     match expected {
         Some(identity) if group.file_identity() != Some(identity) => Err(ControlError::new(
             ErrorKind::BadRequest,
@@ -46,7 +47,7 @@ fn serve_error(e: ServeError) -> ControlError {
     ControlError::new(kind, e.to_string())
 }
 
-fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
+fn group_config(daemon: &Daemon, spec: &ServeSpec, expect_file: Option<FileId>) -> GroupConfig {
     GroupConfig {
         file: spec.file.clone(),
         count: spec.count,
@@ -56,6 +57,7 @@ fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
         status_interval: Duration::from_secs(spec.status_interval_secs.clamp(1, MAX_INTERVAL_SECS)),
         segment_size: daemon.config.segment_size,
         cache_dir: Some(daemon.state_dir.join("digests")),
+        expect_file,
     }
 }
 
@@ -63,7 +65,7 @@ fn group_config(daemon: &Daemon, spec: &ServeSpec) -> GroupConfig {
 pub(crate) async fn serve(
     daemon: &Arc<Daemon>,
     mut spec: ServeSpec,
-    file_identity: Option<(u64, u64)>,
+    file_identity: Option<FileId>,
 ) -> Result<GroupId, ControlError> {
     validate_ports(spec.count, &spec.ports).map_err(serve_error)?;
     if !(1..=MAX_INTERVAL_SECS).contains(&spec.status_interval_secs) {
@@ -99,7 +101,7 @@ pub(crate) async fn serve(
         inner.next_group_id += 1;
         id
     };
-    let group = ServerGroup::start(id, group_config(daemon, &spec))
+    let group = ServerGroup::start(id, group_config(daemon, &spec, file_identity))
         .await
         .map_err(serve_error)?;
     // The daemon opened the path itself: it must have found the caller's file there.
@@ -240,7 +242,7 @@ pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), Co
 /// group whose file is gone is reported and kept in the state file for the operator.
 pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecord>) {
     for record in records {
-        let config = group_config(daemon, &record.spec);
+        let config = group_config(daemon, &record.spec, record.file_identity);
         let restored = match ServerGroup::restore(record.id, config, &record.stopped_ports).await {
             Ok(group) => match check_identity(&group, record.file_identity) {
                 Ok(()) => Ok(group),

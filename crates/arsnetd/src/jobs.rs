@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arsnet_engine::download::{run_download, DownloadSpec, JobCommand, Outcome};
+use arsnet_engine::download::{run_download, ContentHook, DownloadSpec, JobCommand, Outcome};
 use arsnet_proto::control::{
     ControlError, ErrorKind, FetchSpec, JobId, JobInfo, JobState, Pin, Update,
 };
@@ -128,6 +128,13 @@ fn validate_fetch(spec: &FetchSpec) -> Result<(), ControlError> {
     if spec.sources.is_empty() {
         return Err(bad("at least one server is needed"));
     }
+    let max_sources = arsnet_proto::limits::MAX_SOURCES_PER_JOB;
+    if spec.sources.len() > max_sources {
+        return Err(bad(format!(
+            "{} servers given; a job takes at most {max_sources}",
+            spec.sources.len()
+        )));
+    }
     let max = crate::groups::MAX_INTERVAL_SECS;
     if !(1..=max).contains(&spec.metric_interval_secs) {
         return Err(bad(format!("-i must be 1..={max} seconds")));
@@ -193,14 +200,19 @@ pub(crate) fn fetch(
                         && matches!(entry.state, JobState::Paused | JobState::Failed(_))
                     {
                         // The options that do not define the download come from this call
-                        // (e.g. `fetch -r --overwrite` after "already exists").
-                        entry.spec.overwrite = spec.overwrite;
-                        // A job that never accepted a content (e.g. its servers disagreed) may
-                        // be told which one with its first pin.
-                        if entry.spec.pin.is_none() && entry.content.is_none() {
-                            entry.spec.pin = spec.pin;
+                        // (e.g. `fetch -r --overwrite` after "already exists") — but only
+                        // when it is the job's own user asking: nobody else may make another
+                        // user's job replace files.
+                        let own_user = entry.grant.map(|g| g.uid) == grant.map(|g| g.uid);
+                        if own_user {
+                            entry.spec.overwrite = spec.overwrite;
+                            // A job that never accepted a content (e.g. its servers disagreed)
+                            // may be told which one with its first pin.
+                            if entry.spec.pin.is_none() && entry.content.is_none() {
+                                entry.spec.pin = spec.pin;
+                            }
+                            entry.spec.metric_interval_secs = spec.metric_interval_secs;
                         }
-                        entry.spec.metric_interval_secs = spec.metric_interval_secs;
                         entry.state = JobState::Queued;
                         entry.resume_next = true;
                         saved = daemon.persist(&inner);
@@ -247,6 +259,21 @@ pub(crate) fn fetch(
     info!(job = id, "download queued");
     pump(daemon);
     Ok((id, false))
+}
+
+/// Records a job's file name and content in the job table, saved, before the engine writes
+/// anything: a crash at any later point restarts into a job that knows its own files.
+fn content_hook(daemon: &Arc<Daemon>, id: JobId) -> ContentHook {
+    let daemon = Arc::downgrade(daemon);
+    ContentHook(Arc::new(move |name: &str, content: &Digest| {
+        let daemon = daemon.upgrade().ok_or("the daemon is stopping")?;
+        let mut inner = daemon.lock();
+        if let Some(entry) = inner.jobs.get_mut(&id) {
+            entry.name = Some(name.to_string());
+            entry.content = Some(*content);
+        }
+        daemon.persist(&inner).map_err(|e| e.to_string())
+    }))
 }
 
 /// `fetch -r` may attach to a job only for the content that job is about: a pin that
@@ -321,6 +348,8 @@ fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
         foreign_tags,
         dir_identity: entry.grant.map(|g| g.dir_identity),
         give_to: entry.grant.and_then(|g| g.give_to),
+        caller_uid: entry.grant.map(|g| g.uid),
+        on_content: Some(content_hook(daemon, id)),
         pin: entry.spec.pin,
         content: entry.content,
         config: daemon

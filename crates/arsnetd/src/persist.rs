@@ -45,7 +45,7 @@ pub struct GroupRecord {
     pub stopped_ports: Vec<u16>,
     /// (device, inode) of the file a caller other than the daemon's user opened to serve.
     #[serde(default)]
-    pub file_identity: Option<(u64, u64)>,
+    pub file_identity: Option<arsnet_store::dir::FileId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

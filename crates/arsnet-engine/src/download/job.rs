@@ -58,6 +58,21 @@ impl Default for DownloadConfig {
     }
 }
 
+/// Called with the file name and accepted content (BLAKE3) before the job writes anything
+/// in DIR, and must have saved them when it returns: so that after any crash the job knows
+/// which files and which content are its own. An error fails the job before any write.
+#[derive(Clone)]
+pub struct ContentHook(pub Arc<RecordContent>);
+
+/// The function behind a [`ContentHook`]: file name, content BLAKE3 → saved, or why not.
+pub type RecordContent = dyn Fn(&str, &Digest) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for ContentHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentHook")
+    }
+}
+
 /// What to download, where.
 #[derive(Debug, Clone)]
 pub struct DownloadSpec {
@@ -74,9 +89,13 @@ pub struct DownloadSpec {
     /// The (device, inode) `dir` must be: the directory the caller proved it may write to
     /// when it asked (`None`: the caller is the daemon's own user, and `dir` is created if
     /// missing).
-    pub dir_identity: Option<(u64, u64)>,
+    pub dir_identity: Option<arsnet_store::dir::FileId>,
     /// Who the finished file is given to, `(uid, gid)`, when that is not the daemon's user.
     pub give_to: Option<(u32, u32)>,
+    /// The requesting user when it is not the daemon's: `--overwrite` replaces only its files.
+    pub caller_uid: Option<u32>,
+    /// Saves the accepted name and content before anything is written (see [`ContentHook`]).
+    pub on_content: Option<ContentHook>,
     /// This job's tag: its partial files carry it, and only they are adopted or removed.
     pub tag: JobTag,
     /// Tags of the daemon's other jobs that still own their partial files (open or failed):
@@ -91,9 +110,12 @@ pub struct DownloadSpec {
 }
 
 impl DownloadSpec {
-    /// Whether partial files carrying `tag` may be adopted by this job.
+    /// Whether partial files carrying `tag` may be adopted by this job: its own, or an
+    /// orphan's when the job already knows which content it wants (pinned or accepted
+    /// before) — the adoption then checks the journal holds that content. An orphan never
+    /// chooses the content: anyone who can write DIR could have left it there.
     fn may_adopt(&self, tag: &JobTag) -> bool {
-        *tag == self.tag || !self.foreign_tags.contains(tag)
+        *tag == self.tag || (!self.foreign_tags.contains(tag) && self.required_content().is_some())
     }
 
     /// The BLAKE3 the content must have, from the job's history or the user's pin.
@@ -281,11 +303,11 @@ impl Job {
         let tag = self.spec.tag;
         let content = self.spec.required_content();
         let known = self.spec.name.clone();
-        let owner = self.spec.give_to.map_or(self.dir.owner(), |(uid, _)| uid);
+        let give_to = self.spec.give_to;
         if let (Some(name), Some(root)) = (known.clone(), self.spec.content) {
             let d = self.held_dir()?;
             let finished =
-                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag, owner))
+                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag, give_to))
                     .await?
                     .map_err(|e| format!("cannot resume: {e}"))?;
             if let Some(path) = finished {
@@ -584,6 +606,57 @@ impl Job {
         "storage writer stopped unexpectedly".into()
     }
 
+    /// `fetch -r` found partial files it could not take before the content was known (an
+    /// orphan's): now that a pin or the servers' majority decided it, continue them if they
+    /// are that very download, else say how to proceed.
+    async fn adopt_after_election(
+        &mut self,
+        manifest: &Arc<Manifest>,
+        found: PathBuf,
+    ) -> Result<(), String> {
+        let refuse = || {
+            format!(
+                "a partial download exists ({}) of other content than the servers agree on; \
+                 remove it, or pin its content with --blake3 HEX",
+                found.display()
+            )
+        };
+        if let Some(hook) = &self.spec.on_content {
+            (hook.0)(&manifest.name, &manifest.root)
+                .map_err(|e| format!("cannot record the download before writing it: {e}"))?;
+        }
+        let (d, spec, m) = (self.held_dir()?, self.spec.clone(), manifest.clone());
+        let overwrite = self.spec.overwrite;
+        let orphan_or_own = move |t: &JobTag| *t == spec.tag || !spec.foreign_tags.contains(t);
+        let adopted = blocking(move || {
+            DownloadStore::adopt(d, &m.name, &orphan_or_own, Some(&m.root), overwrite)
+        })
+        .await?;
+        let (store, adopted) = match adopted {
+            Ok(found) if found.0.manifest().identity() == manifest.identity() => found,
+            Ok(_) | Err(StoreError::Foreign { .. }) => return Err(refuse()),
+            Err(e) => return Err(format!("cannot resume: {e}")),
+        };
+        info!(
+            job = self.spec.id,
+            adopted = adopted.segments.len(),
+            "adopted segments from the journal of a partial download of the agreed content"
+        );
+        self.owner_tag = Some(adopted.tag);
+        self.adopted = adopted.segments.len() as u64;
+        self.durable = self.adopted;
+        self.bytes_done = adopted
+            .segments
+            .iter()
+            .map(|&s| u64::from(manifest.segment_range(s).1))
+            .sum();
+        let now = self.now();
+        self.sched.on_stored_elsewhere(now, &adopted.segments);
+        self.start_writer(store);
+        self.set_manifest(manifest.clone());
+        Ok(())
+    }
+
     /// Once the scheduler accepted a content (pin, or majority), creates the store from the
     /// manifest of a connection that serves it.
     async fn open_store_once_decided(&mut self) -> Result<(), String> {
@@ -607,8 +680,13 @@ impl Job {
         }
     }
 
-    /// First accepted header of a fresh download: refuse to clobber, then create the store.
+    /// First accepted header of a fresh download: record what it is, refuse to clobber, then
+    /// create the store.
     async fn open_store(&mut self, manifest: &Arc<Manifest>) -> Result<(), String> {
+        if let Some(hook) = &self.spec.on_content {
+            (hook.0)(&manifest.name, &manifest.root)
+                .map_err(|e| format!("cannot record the download before writing it: {e}"))?;
+        }
         let dir = self.held_dir()?;
         let m = manifest.clone();
         let overwrite = self.spec.overwrite;
@@ -616,6 +694,9 @@ impl Job {
         let created = blocking(move || DownloadStore::create(dir, &m, &tag, overwrite)).await?;
         let store = match created {
             Ok(store) => store,
+            Err(StoreError::PartialExists(path)) if self.spec.resume => {
+                return self.adopt_after_election(manifest, path).await;
+            }
             Err(StoreError::TargetExists(path)) => {
                 return Err(format!(
                     "{} already exists; pass --overwrite to replace it",
@@ -624,7 +705,9 @@ impl Job {
             }
             Err(StoreError::PartialExists(path)) => {
                 return Err(format!(
-                    "a partial download exists ({}); use -r to resume it, or remove it",
+                    "a partial download exists ({}) that is not this job's; to continue it, \
+                     `fetch -r --blake3 HEX` with the content's BLAKE3 (as b3sum prints it), \
+                     or remove it",
                     path.display()
                 ))
             }
@@ -854,13 +937,17 @@ fn disagreement(votes: &[ContentVotes], sources: &[Source]) -> String {
 /// daemon's own user, and otherwise required to be the very directory the caller showed it
 /// may write to.
 async fn open_dir(spec: &DownloadSpec) -> Result<Dir, String> {
-    let (path, identity) = (spec.dir.clone(), spec.dir_identity);
+    let (path, identity, caller_uid) = (spec.dir.clone(), spec.dir_identity, spec.caller_uid);
     blocking(move || {
         if identity.is_none() {
             std::fs::create_dir_all(&path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         }
-        Dir::open_expecting(&path, identity).map_err(|e| e.to_string())
+        let mut dir = Dir::open_expecting(&path, identity).map_err(|e| e.to_string())?;
+        if let Some(uid) = caller_uid {
+            dir.set_replace_owner(uid);
+        }
+        Ok(dir)
     })
     .await?
 }

@@ -7,4 +7,4 @@ mod connection;
 mod job;
 mod writer;
 
-pub use job::{run_download, DownloadConfig, DownloadSpec, JobCommand, Outcome};
+pub use job::{run_download, ContentHook, DownloadConfig, DownloadSpec, JobCommand, Outcome};

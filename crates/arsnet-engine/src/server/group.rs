@@ -26,6 +26,7 @@ use super::digests::{build_stamped_manifest, FileStamp};
 use super::validate::{validate_ports, ServeError};
 use crate::rate::{RateMeter, TokenBucket};
 use crate::{human_bytes, human_rate};
+use arsnet_store::dir::{file_id, FileId};
 
 /// What `serve` asks for.
 #[derive(Debug, Clone)]
@@ -40,6 +41,10 @@ pub struct GroupConfig {
     pub segment_size: Option<u32>,
     /// Where digests are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The file the group must serve, when its caller proved it could read that very file:
+    /// whatever is found at `file` is refused unless it is this one (checked on the open
+    /// descriptor, before anything is hashed or bound).
+    pub expect_file: Option<FileId>,
 }
 
 /// The served file, shared by every connection of every port of a group.
@@ -163,6 +168,7 @@ pub struct ServerGroup {
     stopped_at_shutdown: Mutex<Option<Vec<u16>>>,
 }
 
+/// Opens the served file by its path (a new group, or a restored one) and hashes it.
 fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
     let bad = |reason: String| ServeError::BadFile {
         path: config.file.clone(),
@@ -175,6 +181,27 @@ fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
         return Err(bad("not a regular file".into()));
     }
     let file = File::open(&config.file).map_err(|e| bad(e.to_string()))?;
+    if let Some(expected) = config.expect_file {
+        let found = file_id(&file).map_err(|e| bad(e.to_string()))?;
+        if found != expected {
+            return Err(bad(
+                "it is not the file the request was made for (it was replaced); serve it again"
+                    .into(),
+            ));
+        }
+    }
+    hash_served(config, file)
+}
+
+/// Hashes the open `file` as the group's served file. The re-hash after an in-place edit
+/// comes here with the descriptor the group already serves: it never opens the path again,
+/// so whatever was put at the path since (another file, a symlink to a secret) is never
+/// served.
+fn hash_served(config: &GroupConfig, file: File) -> Result<Served, ServeError> {
+    let bad = |reason: String| ServeError::BadFile {
+        path: config.file.clone(),
+        reason,
+    };
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("not a regular file".into()));
@@ -450,11 +477,9 @@ impl ServerGroup {
         }
     }
 
-    /// (device, inode) of the file the group serves now, from its open descriptor.
-    pub fn file_identity(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = self.served.get().file.metadata().ok()?;
-        Some((meta.dev(), meta.ino()))
+    /// The [`FileId`] of the file the group serves now, from its open descriptor.
+    pub fn file_identity(&self) -> Option<FileId> {
+        file_id(&self.served.get().file).ok()
     }
 
     pub fn info(&self) -> GroupInfo {
@@ -593,9 +618,26 @@ fn refuse(stream: &TcpStream, message: &str) {
 /// writer may still be at it), then hashes it anew and swaps it in. Downloads of the old
 /// content then see a different header and fail clearly instead of ever receiving mixed
 /// bytes.
+/// Re-hashes what the group serves through the descriptor it already holds (see
+/// [`hash_served`]).
+fn rehash_open(served: &ServedFile, config: &GroupConfig) -> Result<Served, ServeError> {
+    let file = served
+        .get()
+        .file
+        .try_clone()
+        .map_err(|e| ServeError::BadFile {
+            path: config.file.clone(),
+            reason: e.to_string(),
+        })?;
+    hash_served(config, file)
+}
+
 fn spawn_rehash_task(served: Arc<ServedFile>, config: GroupConfig, shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let fingerprint = |path: &Path| std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
+        // The open file's stamp, not the path's: the group serves its descriptor, whatever is
+        // at the path now.
+        let fingerprint =
+            |served: &ServedFile| served.get().file.metadata().ok().map(|m| FileStamp::of(&m));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -608,20 +650,20 @@ fn spawn_rehash_task(served: Arc<ServedFile>, config: GroupConfig, shutdown: Can
                 continue;
             }
             drop(current);
-            let mut last = fingerprint(&config.file);
+            let mut last = fingerprint(&served);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                let now = fingerprint(&config.file);
+                let now = fingerprint(&served);
                 if now == last {
                     break;
                 }
                 last = now;
             }
-            let cfg = config.clone();
-            match tokio::task::spawn_blocking(move || open_served(&cfg)).await {
+            let (cfg, held) = (config.clone(), served.clone());
+            match tokio::task::spawn_blocking(move || rehash_open(&held, &cfg)).await {
                 Ok(Ok(fresh)) => {
                     info!(
                         file = %config.file.display(),

@@ -286,3 +286,70 @@ fn a_member_cannot_download_into_a_directory_it_cannot_write() {
         "the member owns it"
     );
 }
+
+#[test]
+fn a_served_file_swapped_for_a_symlink_to_a_secret_is_never_served() {
+    // A member serves its own file, edits it (so the group re-hashes), then replaces it with
+    // a symlink to a file only root may read. The group must go on serving the member's own
+    // file (the descriptor it holds), never what the path points to now.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon_with_members(tmp.path());
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let secret = root_only_file(tmp.path());
+    let public = tmp.path().join("pub");
+    std::fs::create_dir(&public).unwrap();
+    std::os::unix::fs::chown(&public, Some(NOBODY), Some(NOBODY)).unwrap();
+    let file = public.join("data.txt");
+    let original = test_data(100_000, 31);
+    std::fs::write(&file, &original).unwrap();
+    std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    let port = free_ports(1)[0];
+    let out = ctl_as_nobody(
+        &d,
+        &[
+            "serve",
+            "-i",
+            "1",
+            "-n",
+            "1",
+            "-f",
+            file.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let mut edited = original.clone();
+    edited.extend_from_slice(b"appended by the member");
+    std::fs::write(&file, &edited).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let mut got_edited = false;
+    for attempt in 0..12 {
+        let dir = tmp.path().join(format!("got-{attempt}"));
+        let args = fetch_args(&dir, &[port], &["--wait"]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Bounded: a download the group can no longer serve waits for it forever.
+        let _ = ctl_within(&client, &refs, Duration::from_secs(5));
+        if let Ok(bytes) = std::fs::read(dir.join("data.txt")) {
+            assert_ne!(bytes, secret_bytes, "the root-only file was served");
+            assert!(
+                bytes == original || bytes == edited,
+                "served something else"
+            );
+            if bytes == edited {
+                got_edited = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        got_edited,
+        "the group never served the re-hashed file\n{}",
+        tail(&d.log(), 20)
+    );
+}

@@ -371,3 +371,44 @@ fn a_header_larger_than_the_free_space_fails_before_any_write() {
         "nothing was created in DIR"
     );
 }
+
+#[test]
+fn an_orphaned_partial_download_never_chooses_the_content() {
+    // Someone leaves a partial download of Z under the name the honest servers serve X as
+    // (a job of another daemon, killed), then a fresh daemon is asked to `fetch -r`.
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let z = test_data(8 << 20, 21);
+    let x = test_data(8 << 20, 22);
+    let z_ports = serve_content(
+        &servers,
+        &tmp.path().join("z"),
+        "same.bin",
+        &z,
+        2,
+        &["--rate", "2000000"],
+    );
+    let x_ports = serve_content(&servers, &tmp.path().join("x"), "same.bin", &x, 3, &[]);
+    let out = tmp.path().join("out");
+    // A complete download of Z that was never published (its SHA-256 pin was wrong): every
+    // segment of Z is journaled, so adopting it would finish at once, without any server.
+    let mut planter = Daemon::start(&tmp.path().join("planter"));
+    let wrong = "0".repeat(64);
+    let job = fetch(&planter, &out, &z_ports, &["--sha256", &wrong]);
+    let st = planter.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "failed", "{st}");
+    planter.kill9();
+    assert!(out.join("same.bin.arsnet-segments").exists());
+
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let job = fetch(&client, &out, &x_ports, &["-r"]);
+    let st = client.wait_job(job, LONG, terminal);
+    assert_eq!(job_state(&st), "failed", "{st}");
+    assert!(failure(&st).contains("other content"), "{st}");
+    assert!(!out.join("same.bin").exists(), "Z was not published");
+    assert!(
+        out.join("same.bin.arsnet-segments").exists(),
+        "the orphan was left alone"
+    );
+    assert_eq!(st["adopted_segments"], 0, "{st}");
+}

@@ -154,7 +154,9 @@ fn kill9_client_daemon_then_fetch_r_resumes() {
         dump.exists() && journal.exists(),
         "partial files survive kill -9"
     );
-    // A fresh daemon on a fresh state dir: only the dump + journal carry the progress.
+    // A fresh daemon on a fresh state dir: only the dump + journal carry the progress. They
+    // are an orphan to it, and an orphan never chooses the content: the servers' majority
+    // does, and the orphan is continued because it is that content.
     let client2 = Daemon::start(&s.tmp.path().join("cli2"));
     let job2 = fetch(&client2, &s.out, &s.ports, &["-r"]);
     let status = client2.wait_job(job2, LONG, terminal);
