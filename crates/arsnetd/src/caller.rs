@@ -126,8 +126,8 @@ impl Caller {
             .map_err(|e| refused(format!("cannot inspect the passed file: {e}")))
     }
 
-    /// `fetch -o DIR`: the caller opened DIR itself and may write to it (by its mode bits:
-    /// owner, group or other write and search; ACL grants are not honoured). Returns the
+    /// `fetch -o DIR`: the caller opened DIR itself and may write to it: by its mode bits, and
+    /// when the daemon is root also by the kernel asked as the caller (an ACL denying it). Returns the
     /// grant the job is held to, or `None` for the daemon's own user.
     pub fn check_dir(
         &self,
@@ -149,7 +149,11 @@ impl Caller {
         if !meta.is_dir() {
             return Err(refused(format!("{} is not a directory", path.display())));
         }
-        if !self.may_write(&meta) {
+        // Both must agree: the mode bits, and — for a root daemon, which can take the caller's
+        // credentials — the kernel asked as the caller, which also sees an ACL that denies it.
+        // (An ACL granting more than the mode bits is not honoured: the conservative side.)
+        let may_write = self.may_write(&meta) && self.kernel_may_write(fd).unwrap_or(true);
+        if !may_write {
             return Err(refused(format!(
                 "uid {} may not write to {} (mode {:o}, owner {}:{}), so the daemon will not \
                  either",
@@ -168,6 +172,49 @@ impl Caller {
             give_to,
             uid: self.uid,
         }))
+    }
+
+    /// Whether the kernel lets the caller write into and search the directory `fd`, asked on
+    /// a thread of its own that takes the caller's file-system uid, gid and groups (Linux
+    /// credentials are per thread at the system-call level; the thread ends right after).
+    /// `None` when this daemon cannot take them (it is not root) or the check itself failed.
+    fn kernel_may_write(&self, fd: &OwnedFd) -> Option<bool> {
+        if own_uid() != 0 {
+            return None;
+        }
+        let fd = fd.try_clone().ok()?;
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups());
+        std::thread::spawn(move || {
+            let gids: Vec<libc::gid_t> = groups.iter().map(|&g| g as libc::gid_t).collect();
+            // SAFETY: raw system calls (not glibc's process-wide wrappers) changing only this
+            // thread's credentials; every argument is a plain integer or a valid slice.
+            unsafe {
+                if libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) != 0 {
+                    return None;
+                }
+                libc::syscall(libc::SYS_setfsgid, gid);
+                libc::syscall(libc::SYS_setfsuid, uid);
+                // setfsuid reports the previous id: check the switch took.
+                if libc::syscall(libc::SYS_setfsuid, uid) as u32 != uid {
+                    return None;
+                }
+            }
+            let dot = c".";
+            // SAFETY: valid descriptor and NUL-terminated path; AT_EACCESS makes the check use
+            // the thread's (file-system) credentials set above.
+            let rc = unsafe {
+                libc::faccessat(
+                    fd.as_raw_fd(),
+                    dot.as_ptr(),
+                    libc::W_OK | libc::X_OK,
+                    libc::AT_EACCESS,
+                )
+            };
+            Some(rc == 0)
+        })
+        .join()
+        .ok()
+        .flatten()
     }
 
     fn may_write(&self, meta: &std::fs::Metadata) -> bool {

@@ -260,6 +260,32 @@ fn a_member_cannot_download_into_a_directory_it_cannot_write() {
     assert_eq!(std::fs::read_dir(&readonly).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&private).unwrap().count(), 0);
 
+    // Mode bits that let everyone write, and an ACL that shuts the member out: the kernel,
+    // asked as the member, says no, and so does the daemon.
+    let denied = tmp.path().join("denied");
+    std::fs::create_dir(&denied).unwrap();
+    std::fs::set_permissions(&denied, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let acl = Command::new("setfacl")
+        .args(["-m", &format!("u:{NOBODY}:r-x")])
+        .arg(&denied)
+        .status()
+        .expect("setfacl (package acl) is installed");
+    assert!(acl.success());
+    let out = ctl_as_nobody(
+        &d,
+        &[
+            "fetch",
+            "-o",
+            denied.to_str().unwrap(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port,
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_dir(&denied).unwrap().count(), 0);
+
     // Its own directory: the download works, and the file is the member's.
     let mine = tmp.path().join("mine");
     std::fs::create_dir(&mine).unwrap();
