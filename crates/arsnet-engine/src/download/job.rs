@@ -17,7 +17,7 @@ use arsnet_sched::{
     ServerState,
 };
 use arsnet_store::dir::Dir;
-use arsnet_store::{DownloadStore, Found, StoreError};
+use arsnet_store::{Adopted, DownloadStore, Found, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -293,6 +293,19 @@ impl Job {
     /// Adopts this job's partial download in DIR, if any. `Ok(Some(path))` means it had in
     /// fact finished (a crash hit between publishing and recording "completed"). A journal
     /// that cannot be trusted is kept aside and the download starts over.
+    /// Takes over what an adoption found: whose files they are, and the segments (and bytes)
+    /// already durable.
+    fn count_adopted(&mut self, adopted: &Adopted, manifest: &Manifest) {
+        self.owner_tag = Some(adopted.tag);
+        self.adopted = adopted.segments.len() as u64;
+        self.durable = self.adopted;
+        self.bytes_done = adopted
+            .segments
+            .iter()
+            .map(|&s| u64::from(manifest.segment_range(s).1))
+            .sum();
+    }
+
     /// Another handle on the job's directory, for a store call on the blocking pool.
     fn held_dir(&self) -> Result<Dir, String> {
         self.dir.try_clone().map_err(|e| e.to_string())
@@ -376,14 +389,7 @@ impl Job {
                 "continuing partial files no other job owns; this job owns them now"
             );
         }
-        self.owner_tag = Some(adopted.tag);
-        self.adopted = adopted.segments.len() as u64;
-        self.durable = self.adopted;
-        self.bytes_done = adopted
-            .segments
-            .iter()
-            .map(|&s| u64::from(manifest.segment_range(s).1))
-            .sum();
+        self.count_adopted(&adopted, &manifest);
         self.sched = Scheduler::with_layout(
             config,
             self.spec.sources.len(),
@@ -642,14 +648,7 @@ impl Job {
             adopted = adopted.segments.len(),
             "adopted segments from the journal of a partial download of the agreed content"
         );
-        self.owner_tag = Some(adopted.tag);
-        self.adopted = adopted.segments.len() as u64;
-        self.durable = self.adopted;
-        self.bytes_done = adopted
-            .segments
-            .iter()
-            .map(|&s| u64::from(manifest.segment_range(s).1))
-            .sum();
+        self.count_adopted(&adopted, manifest);
         let now = self.now();
         self.sched.on_stored_elsewhere(now, &adopted.segments);
         self.start_writer(store);
