@@ -104,20 +104,16 @@ fn raw_request_as_nobody(d: &Daemon, request: Request, fd_of: Option<&Path>) -> 
     let report = reports.join("answer.txt");
     let _ = std::fs::remove_file(&report);
     let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "caller_rights::raw_client_child_process",
-            "--test-threads=1",
-        ])
-        .env(SOCKET_ENV, &d.socket)
-        .env(REQUEST_ENV, hex)
-        .env(REPORT_ENV, &report)
-        .stdin(Stdio::null());
+    let mut cmd = command_as(Some(NOBODY), std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "caller_rights::raw_client_child_process",
+        "--test-threads=1",
+    ])
+    .env(SOCKET_ENV, &d.socket)
+    .env(REQUEST_ENV, hex)
+    .env(REPORT_ENV, &report)
+    .stdin(Stdio::null());
     if let Some(path) = fd_of {
         cmd.env(FD_ENV, path);
     }
@@ -128,11 +124,7 @@ fn raw_request_as_nobody(d: &Daemon, request: Request, fd_of: Option<&Path>) -> 
 
 /// Runs `arsnetctl` against `d` as nobody (a member of `nogroup`, the control group).
 fn ctl_as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(bin("arsnetctl"))
+    command_as(Some(NOBODY), bin("arsnetctl"))
         .arg("--socket")
         .arg(&d.socket)
         .args(args)

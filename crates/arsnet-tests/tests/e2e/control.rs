@@ -341,9 +341,7 @@ fn socket_is_private_and_other_users_are_refused() {
     let ctl = tmp.path().join("arsnetctl");
     std::fs::copy(bin("arsnetctl"), &ctl).unwrap();
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&ctl)
+    let out = command_as(Some(65534), &ctl)
         .arg("--socket")
         .arg(&d.socket)
         .arg("list")

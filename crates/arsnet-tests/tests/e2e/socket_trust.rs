@@ -90,11 +90,7 @@ impl FakeDaemon {
             .iter()
             .map(|r| hex(&encode_frame(r).unwrap()))
             .collect();
-        let child = Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .arg("--clear-groups")
-            .arg(std::env::current_exe().unwrap())
+        let child = command_as(Some(uid), std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "socket_trust::fake_daemon_child_process",
@@ -250,11 +246,7 @@ fn a_fake_daemon_at_the_tmp_fallback_path_cannot_fake_a_completed_download() {
             Response::Update(Update::Job(completed_job())),
         ],
     );
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={user}"))
-        .arg(format!("--regid={user}"))
-        .arg("--clear-groups")
-        .arg(bin("arsnetctl"))
+    let out = command_as(Some(user), bin("arsnetctl"))
         .args([
             "fetch",
             "--wait",
@@ -319,17 +311,7 @@ fn daemon_refuses(root: &Path, socket: &Path, as_uid: Option<u32>) -> (Option<i3
     std::fs::write(&config, TEST_CONFIG).unwrap();
     let log_path = root.join("refused.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = match as_uid {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={uid}"))
-                .arg("--clear-groups")
-                .arg(bin("arsnetd"));
-            c
-        }
-        None => Command::new(bin("arsnetd")),
-    };
+    let mut cmd = command_as(as_uid, bin("arsnetd"));
     let mut child = cmd
         .arg("--socket")
         .arg(socket)

@@ -43,6 +43,22 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// A command running `program` as `uid` (its own group, no supplementary ones) through
+/// `setpriv`, or as this process when `uid` is `None`.
+pub fn command_as(uid: Option<u32>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A running `arsnetd` with its own socket and state dir, killed when dropped.
 pub struct Daemon {
     pub root: PathBuf,
@@ -100,17 +116,7 @@ impl Daemon {
             .append(true)
             .open(self.root.join("arsnetd.log"))
             .unwrap();
-        let mut cmd = match self.as_uid {
-            Some(uid) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg(bin("arsnetd"));
-                c
-            }
-            None => Command::new(bin("arsnetd")),
-        };
+        let mut cmd = command_as(self.as_uid, bin("arsnetd"));
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
@@ -167,17 +173,7 @@ impl Daemon {
     /// Runs `arsnetctl --socket S ARGS...`, as the daemon's uid when it runs as another
     /// user (a client trusts only a daemon of its own uid, root or the system service).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        let mut cmd = match self.as_uid {
-            Some(uid) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg(bin("arsnetctl"));
-                c
-            }
-            None => Command::new(bin("arsnetctl")),
-        };
+        let mut cmd = command_as(self.as_uid, bin("arsnetctl"));
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
