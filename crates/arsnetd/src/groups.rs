@@ -24,20 +24,6 @@ pub(crate) struct GroupEntry {
     pub file_identity: Option<FileId>,
 }
 
-/// Refuses a group whose open file is not the inode its caller proved it could read.
-fn check_identity(group: &ServerGroup, expected: Option<FileId>) -> Result<(), ControlError> {
-    match expected {
-        Some(identity) if group.file_identity() != Some(identity) => Err(ControlError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "{} is not the file the request was made for (it was replaced); serve it again",
-                group.path().display()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn serve_error(e: ServeError) -> ControlError {
     let kind = match e {
         ServeError::Internal(_) => ErrorKind::Internal,
@@ -104,11 +90,6 @@ pub(crate) async fn serve(
     let group = ServerGroup::start(id, group_config(daemon, &spec, file_identity))
         .await
         .map_err(serve_error)?;
-    // The daemon opened the path itself: it must have found the caller's file there.
-    if let Err(e) = check_identity(&group, file_identity) {
-        group.shutdown().await;
-        return Err(e);
-    }
     let interval = spec.status_interval_secs;
     let saved = {
         let mut inner = daemon.lock();
@@ -243,16 +224,11 @@ pub(crate) async fn start_ports(daemon: &Daemon, ports: &[u16]) -> Result<(), Co
 pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecord>) {
     for record in records {
         let config = group_config(daemon, &record.spec, record.file_identity);
-        let restored = match ServerGroup::restore(record.id, config, &record.stopped_ports).await {
-            Ok(group) => match check_identity(&group, record.file_identity) {
-                Ok(()) => Ok(group),
-                Err(e) => {
-                    group.shutdown().await;
-                    Err(e.message)
-                }
-            },
-            Err(e) => Err(e.to_string()),
-        };
+        // The group config holds the caller's file identity: a replaced file is refused
+        // before it is hashed or any port bound.
+        let restored = ServerGroup::restore(record.id, config, &record.stopped_ports)
+            .await
+            .map_err(|e| e.to_string());
         match restored {
             Ok(group) => {
                 spawn_status_pusher(daemon, &group, record.spec.status_interval_secs);

@@ -477,11 +477,6 @@ impl ServerGroup {
         }
     }
 
-    /// The [`FileId`] of the file the group serves now, from its open descriptor.
-    pub fn file_identity(&self) -> Option<FileId> {
-        file_id(&self.served.get().file).ok()
-    }
-
     pub fn info(&self) -> GroupInfo {
         GroupInfo {
             id: self.id,

@@ -371,3 +371,32 @@ fn a_served_file_swapped_for_a_symlink_to_a_secret_is_never_served() {
         tail(&d.log(), 20)
     );
 }
+
+#[test]
+fn a_members_group_whose_file_was_replaced_is_not_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = daemon_with_members(tmp.path());
+    let public = tmp.path().join("pub");
+    std::fs::create_dir(&public).unwrap();
+    std::os::unix::fs::chown(&public, Some(NOBODY), Some(NOBODY)).unwrap();
+    let file = public.join("mine.bin");
+    std::fs::write(&file, test_data(50_000, 41)).unwrap();
+    std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    let port = free_ports(1)[0];
+    let out = ctl_as_nobody(
+        &d,
+        &["serve", "-i", "1", "-n", "1", "-f", file.to_str().unwrap(), "-p", &port.to_string()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    d.kill9();
+    // While the daemon is down the path is made to name another file (here a link to one
+    // only root may read): the group that comes back must not serve it.
+    let secret = root_only_file(tmp.path());
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+    d.restart();
+    d.assert_no_groups("the replaced file is not served");
+    assert!(!is_listening(port));
+    let notes = d.json(&["list"])["notes"].to_string();
+    assert!(notes.contains("could not be restored") && notes.contains("replaced"), "{notes}");
+}
