@@ -385,7 +385,17 @@ fn a_members_group_whose_file_was_replaced_is_not_restored() {
     let port = free_ports(1)[0];
     let out = ctl_as_nobody(
         &d,
-        &["serve", "-i", "1", "-n", "1", "-f", file.to_str().unwrap(), "-p", &port.to_string()],
+        &[
+            "serve",
+            "-i",
+            "1",
+            "-n",
+            "1",
+            "-f",
+            file.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     d.kill9();
@@ -398,5 +408,8 @@ fn a_members_group_whose_file_was_replaced_is_not_restored() {
     d.assert_no_groups("the replaced file is not served");
     assert!(!is_listening(port));
     let notes = d.json(&["list"])["notes"].to_string();
-    assert!(notes.contains("could not be restored") && notes.contains("replaced"), "{notes}");
+    assert!(
+        notes.contains("could not be restored") && notes.contains("replaced"),
+        "{notes}"
+    );
 }
