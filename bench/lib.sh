@@ -1,11 +1,16 @@
 # Shared by the bench scripts (source it after setting SIZE_MIB and WORK): installs the
-# comparison tools, builds the release binaries, writes a random test file, and helpers.
+# comparison tools, builds the release binaries (or, with ARSNET_BIN=DIR, takes prebuilt ones
+# from DIR), writes a random test file, and helpers.
 
 if ! command -v aria2c >/dev/null || ! command -v nginx >/dev/null || ! command -v tc >/dev/null; then
     apt-get update -qq && apt-get install -y -qq aria2 nginx-light iproute2 >/dev/null
 fi
-cargo build --release --locked -q -p arsnetd -p arsnetctl
-BIN=$PWD/target/release
+if [ -n "${ARSNET_BIN:-}" ]; then
+    BIN=$ARSNET_BIN
+else
+    cargo build --release --locked -q -p arsnetd -p arsnetctl
+    BIN=$PWD/target/release
+fi
 
 rm -rf "$WORK" && mkdir -p "$WORK/src"
 FILE=$WORK/src/payload.bin

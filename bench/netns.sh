@@ -4,6 +4,8 @@
 # (one arsnetd per server host, one on the client) and aria2 (nginx on each server host) fetch
 # the same file. Needs root, iproute2 and tc (no netem). Usage:
 #   bench/netns.sh [SIZE_MIB=256] [R_MBIT=40] [KILL=0|1]
+# With MIRRORS=1 in the environment, ArsNet also fetches from the same 4 nginx mirrors aria2
+# used (plus the ArsNet server on link 1 to name the content: a job needs one), after aria2.
 # All addresses are on veth links between namespaces this script creates and removes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,4 +97,24 @@ ok=$(verdict "$WORK/aria/payload.bin")
 secs=$(echo "$t1 - $t0" | bc)
 printf 'aria2c: %d MiB over links of %s x %d Mbit/s, kill=%s: %.2f s (ideal %.2f s, %.0f%%), result %s\n' \
     "$SIZE_MIB" "${MULT[*]}" "$R" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)" "$ok"
+# --- ArsNet from the nginx mirrors (MIRRORS=1) ----------------------------------------------
+if [ "${MIRRORS:-0}" = 1 ]; then
+    [ "$KILL" = 1 ] && ip netns exec ars-s4 nginx -c "$WORK/nginx4.conf"
+    sleep 0.3
+    MSOURCES=(--source "192.0.2.6:5000")
+    for url in "${URLS[@]}"; do MSOURCES+=(--source "$url"); done
+    KILLER=
+    if [ "$KILL" = 1 ]; then
+        ( sleep "$(echo "$FULL / 2" | bc -l)"; ip netns exec ars-s4 nginx -c "$WORK/nginx4.conf" -s stop ) &
+        KILLER=$!
+    fi
+    t0=$(date +%s.%N)
+    "$BIN/arsnetctl" --socket "$WORK/c.sock" fetch -o "$WORK/out-mirrors" "${MSOURCES[@]}" --wait -i 60 >/dev/null
+    t1=$(date +%s.%N)
+    [ -z "$KILLER" ] || wait "$KILLER"
+    [ "$(verdict "$WORK/out-mirrors/payload.bin")" = ok ] || { echo MISMATCH; exit 1; }
+    secs=$(echo "$t1 - $t0" | bc)
+    printf 'arsnet (4 nginx mirrors + 1 server on link 1): %d MiB over links of %s x %d Mbit/s, kill=%s: %.2f s (ideal %.2f s, %.0f%%)\n' \
+        "$SIZE_MIB" "${MULT[*]}" "$R" "$KILL" "$secs" "$IDEAL" "$(echo "100 * $IDEAL / $secs" | bc -l)"
+fi
 for k in 1 2 3 4; do ip netns exec "ars-s$k" nginx -c "$WORK/nginx$k.conf" -s stop 2>/dev/null || true; done

@@ -51,6 +51,9 @@ pub enum Request {
         keep: bool,
     },
     Shutdown,
+    /// The daemon's metrics, as Prometheus text (appended last: the variant indices of the
+    /// requests before it are unchanged on the wire).
+    Metrics,
 }
 
 /// `arsnetctl serve`.
@@ -63,20 +66,92 @@ pub struct ServeSpec {
     /// Per virtual server, bytes per second; `None` = unlimited.
     pub rate: Option<u64>,
     pub status_interval_secs: u64,
+    /// The ports also answer plain HTTP/1.1 (`serve --http`).
+    #[serde(default)]
+    pub http: bool,
 }
 
 /// `arsnetctl fetch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchSpec {
     pub dir: PathBuf,
-    /// "host:port" of every server.
-    pub sources: Vec<String>,
+    /// Every source (parsed at the edge: a string that is not a source never gets here).
+    pub sources: Vec<crate::source::SourceAddr>,
     pub resume: bool,
     pub overwrite: bool,
     pub metric_interval_secs: u64,
     /// The content the user pinned, if any (`--blake3` / `--sha256`).
     #[serde(default)]
     pub pin: Option<Pin>,
+    /// Extra CA certificates (PEM) the job's HTTPS mirrors may chain to, besides the
+    /// system's roots (`--ca-cert FILE`, read by the client).
+    #[serde(default)]
+    pub ca_certs: Vec<String>,
+    /// Requests in flight per HTTP mirror for this job (`--connections-per-source`);
+    /// `None` keeps the daemon's `[download] mirror_connections`.
+    #[serde(default)]
+    pub connections_per_source: Option<u32>,
+    /// `--no-verify`: a job of HTTP mirrors only, without a pin, publishes what the mirrors
+    /// sent, unchecked, and says so (see [`FetchSpec::verification`]).
+    #[serde(default)]
+    pub no_verify: bool,
+    /// `--checksum-url`: a `sha256sum`/`b3sum`-format file (a mirror's `SHA256SUMS`) whose
+    /// line for the file's name becomes the pin. The daemon reads it when the request
+    /// arrives and sets [`FetchSpec::pin`] from it, so a restart never reads it again.
+    #[serde(default)]
+    pub checksum_url: Option<crate::source::SourceAddr>,
+}
+
+/// How a job's result is checked before it is published under its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verification {
+    /// Every segment against the digest table an ArsNet server announced (or the journal
+    /// kept), proving the BLAKE3 root.
+    #[default]
+    Segments,
+    /// The whole file against the user's pin, once every byte is on disk (mirrors only).
+    WholeFile,
+    /// Not at all: mirrors only, `--no-verify`.
+    None,
+}
+
+impl Verification {
+    /// The word `--json` and `status` use.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verification::Segments => "segments",
+            Verification::WholeFile => "whole-file",
+            Verification::None => "none",
+        }
+    }
+}
+
+impl FetchSpec {
+    /// Whether every source is an HTTP mirror: then no source proves the content, and the
+    /// user's pin (or `--no-verify`) is the only identity.
+    pub fn mirrors_only(&self) -> bool {
+        self.sources
+            .iter()
+            .all(crate::source::SourceAddr::is_mirror)
+    }
+
+    /// How this job's file is checked before it is published.
+    pub fn verification(&self) -> Verification {
+        let pinned = self.pin.is_some() || self.checksum_url.is_some();
+        match (self.mirrors_only(), pinned) {
+            (false, _) => Verification::Segments,
+            (true, true) => Verification::WholeFile,
+            (true, false) => Verification::None,
+        }
+    }
+
+    /// The name the first mirror's URL gives the file (what a job of mirrors saves under,
+    /// and the line a checksum file is searched for).
+    pub fn mirror_file_name(&self) -> Option<String> {
+        self.sources
+            .iter()
+            .find_map(crate::source::SourceAddr::file_name)
+    }
 }
 
 /// A digest the user computed with a standard tool, naming the content they mean.
@@ -124,6 +199,9 @@ pub enum Response {
         skipped: u64,
     },
     Error(ControlError),
+    /// The answer to `Metrics`: the Prometheus text exposition format 0.0.4, rendered by the
+    /// daemon (the client only prints it).
+    Metrics(String),
 }
 
 /// A pushed update.
@@ -196,12 +274,60 @@ impl JobState {
     }
 }
 
+/// Where one source of a download job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceState {
+    /// Not connected, and not waiting to retry (e.g. nothing left to fetch from it).
+    Idle,
+    /// Connecting, or waiting for the source's header.
+    Connecting,
+    /// Transferring.
+    Active,
+    /// Failed; tried again after a delay (the detail says when and why).
+    Backoff,
+    /// Sent bad data or other content: never contacted again by this job.
+    Blamed,
+}
+
+impl SourceState {
+    pub fn label(self) -> &'static str {
+        match self {
+            SourceState::Idle => "idle",
+            SourceState::Connecting => "connecting",
+            SourceState::Active => "active",
+            SourceState::Backoff => "backoff",
+            SourceState::Blamed => "blamed",
+        }
+    }
+}
+
+/// Where one virtual server (one port) of a group stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    Listening,
+    /// Stopped by the operator (`stop-server`).
+    Stopped,
+    /// Could not listen (the detail says why).
+    Failed,
+}
+
+impl PortState {
+    pub fn label(self) -> &'static str {
+        match self {
+            PortState::Listening => "listening",
+            PortState::Stopped => "stopped",
+            PortState::Failed => "failed",
+        }
+    }
+}
+
 /// One source server as seen by one download job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceInfo {
     pub address: String,
-    /// "idle", "connecting", "active", "backoff", "blamed", "done".
-    pub state: String,
+    pub state: SourceState,
     pub detail: String,
     pub rate_bps: u64,
     pub bytes: u64,
@@ -227,6 +353,9 @@ pub struct JobInfo {
     /// The accepted content's BLAKE3 hash (what `b3sum` prints for the finished file).
     #[serde(default)]
     pub content: Option<Digest>,
+    /// How the file is checked before it is published (`None`: `--no-verify`, unchecked).
+    #[serde(default)]
+    pub verification: Verification,
     /// Inside the daemon only (never sent): the tag of the partial files the job holds, so
     /// that the job table follows a job that continued an orphaned partial download.
     #[serde(skip)]
@@ -237,8 +366,7 @@ pub struct JobInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortInfo {
     pub port: u16,
-    /// "listening", "stopped" or "failed".
-    pub state: String,
+    pub state: PortState,
     pub detail: String,
     pub connections: u64,
     pub bytes_sent: u64,
@@ -333,11 +461,15 @@ mod tests {
             version: CONTROL_VERSION,
             request: Request::Fetch(FetchSpec {
                 dir: "/tmp/x".into(),
-                sources: vec!["127.0.0.1:5000".into()],
+                sources: vec!["127.0.0.1:5000".parse().unwrap()],
                 resume: true,
                 overwrite: false,
                 metric_interval_secs: 1,
                 pin: Some(Pin::Sha256([3; 32])),
+                ca_certs: Vec::new(),
+                connections_per_source: Some(3),
+                no_verify: false,
+                checksum_url: None,
             }),
         };
         let frame = encode_frame(&msg).unwrap();

@@ -6,11 +6,16 @@
 //! the repository root specifies both protocols byte by byte and must stay in step with this
 //! crate.
 
+pub mod checksum;
 pub mod control;
 pub mod limits;
 pub mod manifest;
 pub mod name;
+pub mod request;
+pub mod source;
+pub mod units;
 pub mod wire;
 
 pub use manifest::{Digest, JobTag, Manifest, ManifestError};
 pub use name::{validate_file_name, NameError};
+pub use source::{SourceAddr, SourceAddrError};

@@ -27,6 +27,10 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// Largest payload of any wire frame except the raw bytes that follow a SEGMENT frame.
 pub const MAX_WIRE_PAYLOAD: u32 = 12 + MAX_DIGESTS_PER_FRAME * 32;
+/// A client gives a server's digest table 10 s plus its size at this rate (bytes per second)
+/// to arrive, however steadily it trickles: a server cannot hold a job's turn to assemble
+/// that content's table forever. 128 MiB (the largest table) may take 34 minutes.
+pub const CLIENT_MIN_DIGEST_RATE: u64 = 64 * 1024;
 /// Requests a client may have outstanding on one connection; a server closes a connection
 /// that exceeds it, so a client cannot make a server queue unbounded work.
 pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
@@ -36,9 +40,29 @@ pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
 pub const MAX_SOURCES_PER_JOB: usize = 1024;
 
 /// Control protocol version (arsnetctl ↔ arsnetd).
-pub const CONTROL_VERSION: u16 = 1;
+pub const CONTROL_VERSION: u16 = 4;
 /// Largest control frame payload in bytes, enforced before any allocation.
 pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024;
+/// Once a control frame's first byte arrived, the rest must arrive within this long, so a
+/// stalled peer cannot pin a connection half-way through a frame (an idle connection,
+/// between frames, is fine).
+pub const CONTROL_FRAME_DEADLINE: core::time::Duration = core::time::Duration::from_secs(10);
+/// How long a pushed update may wait for a watcher to read it before the watch is ended (a
+/// suspended terminal gives its connection slot back).
+pub const CONTROL_WATCH_WRITE_STALL: core::time::Duration = core::time::Duration::from_secs(300);
+/// `pause` and `cancel` of a running job are answered once it stopped at a durable point, or
+/// after this long (then as still running: the client says the request is pending).
+pub const CONTROL_SETTLE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(30);
+/// How long a client waits for the answer to a request (except `serve`, which answers once
+/// its file is hashed): longer than any request takes, `CONTROL_SETTLE_TIMEOUT` included.
+pub const CONTROL_ANSWER_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(60);
+/// Control connections the daemon serves at once; further clients wait in the backlog.
+pub const CONTROL_MAX_CONNECTIONS: usize = 256;
+/// Lowest port a server group may listen on (the spec's rule: no privileged ports).
+pub const MIN_SERVE_PORT: u16 = 1024;
+/// Longest status/metric interval (`-i`, `status_interval_secs`, `metric_interval_secs`):
+/// one day. The shortest is one second.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
 
 // ---------------------------------------------------------------------------------------
 // Server connection limits. A virtual server has a bounded number of connection slots;
@@ -75,3 +99,40 @@ pub const SERVER_WRITE_STALL_TIMEOUT: core::time::Duration = core::time::Duratio
 /// only matters when the port or the source is full.
 pub const SERVER_STALLED_WRITE_EVICTABLE: core::time::Duration =
     core::time::Duration::from_secs(10);
+/// After a served file changed in place, its stamp (size, mtime, ctime, inode, device) must
+/// hold still this long before it is re-hashed: a writer may still be at it.
+pub const SERVER_REHASH_SETTLE: core::time::Duration = core::time::Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------
+// The opt-in metrics listener (`metrics_listen`): plain HTTP/1.1, `GET /metrics` only.
+// Bounded so that a scraper gone wrong, or a flood, costs the daemon a few tasks at most.
+// ---------------------------------------------------------------------------------------
+
+/// Connections the metrics listener serves at once; further ones wait in the kernel's
+/// backlog (a scrape takes milliseconds, so honest scrapers never queue long).
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
+/// A request's headers must arrive within this long after the connection opened.
+pub const METRICS_HEADER_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(5);
+/// A metrics connection is closed this long after it opened, whatever it is doing (one
+/// request per connection: no keep-alive, so a slow reader cannot hold a slot).
+pub const METRICS_CONNECTION_DEADLINE: core::time::Duration = core::time::Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// HTTP(S) mirrors as sources.
+// ---------------------------------------------------------------------------------------
+
+/// Redirects followed per request to a mirror; more is an error (a loop, or a mirror that
+/// bounces the client around).
+pub const HTTP_MAX_REDIRECTS: usize = 5;
+/// Largest checksum file (`fetch --checksum-url`) read, in bytes: a `SHA256SUMS` of a whole
+/// distribution's release fits many times over.
+pub const MAX_CHECKSUM_FILE_BYTES: usize = 1 << 20;
+/// Longest a checksum file may take to arrive (connect to last byte), in seconds; the
+/// `fetch` request waits for it.
+pub const CHECKSUM_FETCH_SECS: u64 = 30;
+/// Extra CA certificates one `fetch` may give (`--ca-cert`), and the size of each (PEM).
+pub const MAX_CA_CERTS: usize = 8;
+pub const MAX_CA_CERT_BYTES: usize = 64 * 1024;
+/// Requests in flight per HTTP mirror a job may ask for (`--connections-per-source`, and the
+/// daemon's `[download] mirror_connections`): politeness to a mirror, and a bound on sockets.
+pub const MAX_CONNECTIONS_PER_SOURCE: u32 = 16;

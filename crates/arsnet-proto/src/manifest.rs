@@ -72,6 +72,26 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The manifest of a file known only by its size and name (a job whose sources are all
+    /// HTTP mirrors): a digest table of zeros and the root that table gives. No file has
+    /// that table (its chaining values would all be zero), so it is a layout with no
+    /// identity: its segments cannot be checked one by one, and the job checks the whole
+    /// file against the user's pin before publishing instead. See [`Manifest::is_unproven`].
+    pub fn unproven(name: String, size: u64) -> Result<Self, ManifestError> {
+        let segment_size = choose_segment_size(size);
+        let count = segment_count(size, segment_size);
+        check_layout(size, segment_size, count)?;
+        let digests = vec![[0u8; 32]; usize::try_from(count).unwrap_or(usize::MAX)];
+        Manifest::new(name, size, segment_size, digests)
+    }
+
+    /// Whether this is an [`Manifest::unproven`] layout: a zero digest table. An ArsNet
+    /// server announcing one is refused (it would switch verification off); an empty file
+    /// has no digests and is proven by its root alone.
+    pub fn is_unproven(&self) -> bool {
+        !self.digests.is_empty() && self.digests.iter().all(|d| *d == [0u8; 32])
+    }
+
     /// Checks every field against the limits and the root against the digests.
     pub fn validate(&self) -> Result<(), ManifestError> {
         validate_file_name(self.name.as_bytes())?;
@@ -127,6 +147,12 @@ impl Manifest {
             return false;
         }
         segment_digest_of(hasher, self.segment_count()) == *expected
+    }
+
+    /// The digest of the bytes `hasher` (from [`Manifest::segment_hasher`]) was fed: what
+    /// a segment's digest is when they are the segment's content.
+    pub fn digest_of(&self, hasher: &blake3::Hasher) -> Digest {
+        segment_digest_of(hasher, self.segment_count())
     }
 
     /// What two servers must agree on to serve segments of one download: name, size,
@@ -276,7 +302,8 @@ pub fn to_hex(digest: &Digest) -> String {
 /// Parses 64 hex digits (either case) into a digest.
 pub fn from_hex(text: &str) -> Option<Digest> {
     let bytes = text.trim().as_bytes();
-    if bytes.len() != 64 {
+    // Digits only: `from_str_radix` alone would take "+f" as a pair.
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -390,5 +417,30 @@ mod tests {
         assert!(check_layout(10_000, 4096, 3).is_ok());
         // Segments must be whole BLAKE3 subtrees: powers of two only.
         assert!(check_layout(10_000, 6144, 2).is_err());
+    }
+
+    #[test]
+    fn an_unproven_layout_is_valid_marked_and_never_a_real_files() {
+        for size in [1u64, 4096, 5 << 20, (3 << 30) + 7] {
+            let m = Manifest::unproven("x.img".into(), size).unwrap();
+            assert!(m.validate().is_ok() && m.is_unproven(), "{size}");
+            assert_eq!(m.segment_size, choose_segment_size(size));
+            assert_eq!(m.segment_count(), segment_count(size, m.segment_size));
+        }
+        let data = vec![7u8; 3 << 20];
+        assert!(!manifest_for(&data, 1 << 20).is_unproven());
+        // An empty file has no digests: its root (the hash of nothing) proves it.
+        assert!(!Manifest::unproven("e".into(), 0).unwrap().is_unproven());
+        assert!(Manifest::unproven("../x".into(), 1).is_err());
+    }
+
+    #[test]
+    fn hex_is_64_digits_and_nothing_else() {
+        let digest = [0xabu8; 32];
+        assert_eq!(from_hex(&to_hex(&digest)), Some(digest));
+        assert_eq!(from_hex(&to_hex(&digest).to_uppercase()), Some(digest));
+        let signed = format!("+b{}", &to_hex(&digest)[2..]);
+        assert_eq!(from_hex(&signed), None);
+        assert_eq!(from_hex(&to_hex(&digest)[1..]), None);
     }
 }

@@ -122,6 +122,10 @@ pub enum WireError {
     BadName(#[from] NameError),
     #[error("server sent an invalid layout: {0}")]
     Layout(#[from] ManifestError),
+    /// A table of zero digests is the mark of a layout with no identity
+    /// (`Manifest::unproven`): accepting one from a server would switch verification off.
+    #[error("server sent a digest table of zeros (no content identity)")]
+    ZeroDigests,
     #[error("error message is not UTF-8")]
     BadUtf8,
     #[error("segment length {0} exceeds the maximum segment size")]
@@ -268,55 +272,9 @@ pub fn decode_server(head: FrameHead, payload: &[u8]) -> Result<ServerFrame, Wir
         return Err(WireError::WrongDirection { ty: head.ty });
     }
     let mut r = Reader { bytes: payload };
-    Ok(match head.ty {
-        FrameType::Header => {
-            let magic = r.u32();
-            if magic != WIRE_MAGIC {
-                return Err(WireError::BadMagic(magic));
-            }
-            let version = r.u16();
-            if version != WIRE_VERSION {
-                return Err(WireError::UnsupportedVersion(version));
-            }
-            let name_len = usize::from(r.u16());
-            if payload.len() != HEADER_FIXED_LEN as usize + name_len {
-                return Err(WireError::BadLength {
-                    ty: head.ty,
-                    len: head.len,
-                    min: HEADER_FIXED_LEN + name_len as u32,
-                    max: HEADER_FIXED_LEN + name_len as u32,
-                });
-            }
-            let name = validate_file_name(r.take(name_len))?.to_owned();
-            let size = r.u64();
-            let segment_size = r.u32();
-            let segment_count = r.u64();
-            check_layout(size, segment_size, segment_count)?;
-            let root = r.array();
-            ServerFrame::Header(Header {
-                name,
-                size,
-                segment_size,
-                segment_count,
-                root,
-            })
-        }
-        FrameType::Digests => {
-            let first = r.u64();
-            let count = r.u32();
-            let expected = 12 + 32 * u64::from(count);
-            if payload.len() as u64 != expected {
-                let expected = u32::try_from(expected).unwrap_or(u32::MAX);
-                return Err(WireError::BadLength {
-                    ty: head.ty,
-                    len: head.len,
-                    min: expected,
-                    max: expected,
-                });
-            }
-            let digests = (0..count).map(|_| r.array()).collect();
-            ServerFrame::Digests { first, digests }
-        }
+    match head.ty {
+        FrameType::Header => decode_header(head, payload.len(), &mut r),
+        FrameType::Digests => decode_digests(head, payload.len(), &mut r),
         FrameType::Segment => {
             let segment = r.u64();
             let offset = r.u64();
@@ -324,23 +282,98 @@ pub fn decode_server(head: FrameHead, payload: &[u8]) -> Result<ServerFrame, Wir
             if length > MAX_SEGMENT_SIZE {
                 return Err(WireError::SegmentTooLong(length));
             }
-            ServerFrame::Segment(SegmentHead {
+            Ok(ServerFrame::Segment(SegmentHead {
                 segment,
                 offset,
                 length,
-            })
+            }))
         }
-        FrameType::Cancelled => ServerFrame::Cancelled { segment: r.u64() },
+        FrameType::Cancelled => Ok(ServerFrame::Cancelled { segment: r.u64() }),
         _ => {
             let code = ErrorCode::from_u16(r.u16());
             let len = usize::from(r.u16());
             let message = std::str::from_utf8(r.take(len)).map_err(|_| WireError::BadUtf8)?;
-            ServerFrame::Error {
+            Ok(ServerFrame::Error {
                 code,
-                message: message.to_owned(),
-            }
+                message: printable(message),
+            })
         }
-    })
+    }
+}
+
+/// A server's text as it may be shown: it ends up in logs, `status` and at the user's
+/// terminal, where an escape sequence could retitle the window, clear the screen or forge a
+/// "saved … verified" line. Control characters (C0, DEL, C1) become `\u{..}` escapes.
+pub fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// HEADER: magic, version, then a name whose length must account for the whole payload.
+fn decode_header(
+    head: FrameHead,
+    len: usize,
+    r: &mut Reader<'_>,
+) -> Result<ServerFrame, WireError> {
+    let magic = r.u32();
+    if magic != WIRE_MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let version = r.u16();
+    if version != WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion(version));
+    }
+    let name_len = usize::from(r.u16());
+    if len != HEADER_FIXED_LEN as usize + name_len {
+        return Err(WireError::BadLength {
+            ty: head.ty,
+            len: head.len,
+            min: HEADER_FIXED_LEN + name_len as u32,
+            max: HEADER_FIXED_LEN + name_len as u32,
+        });
+    }
+    let name = validate_file_name(r.take(name_len))?.to_owned();
+    let size = r.u64();
+    let segment_size = r.u32();
+    let segment_count = r.u64();
+    check_layout(size, segment_size, segment_count)?;
+    let root = r.array();
+    Ok(ServerFrame::Header(Header {
+        name,
+        size,
+        segment_size,
+        segment_count,
+        root,
+    }))
+}
+
+/// DIGESTS: the count must account for the whole payload (checked before any allocation).
+fn decode_digests(
+    head: FrameHead,
+    len: usize,
+    r: &mut Reader<'_>,
+) -> Result<ServerFrame, WireError> {
+    let first = r.u64();
+    let count = r.u32();
+    let expected = 12 + 32 * u64::from(count);
+    if len as u64 != expected {
+        let expected = u32::try_from(expected).unwrap_or(u32::MAX);
+        return Err(WireError::BadLength {
+            ty: head.ty,
+            len: head.len,
+            min: expected,
+            max: expected,
+        });
+    }
+    let digests = (0..count).map(|_| r.array()).collect();
+    Ok(ServerFrame::Digests { first, digests })
 }
 
 fn put_head(out: &mut Vec<u8>, ty: FrameType, len: usize) {
@@ -497,27 +530,84 @@ impl ManifestAssembler {
             root: self.header.root,
         };
         manifest.validate()?;
+        if manifest.is_unproven() {
+            return Err(WireError::ZeroDigests);
+        }
         Ok(manifest)
     }
 }
 
+/// Why a SEGMENT head does not fit the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentHeadError {
+    #[error("segment {segment} out of range (file has {count})")]
+    OutOfRange { segment: u64, count: u64 },
+    #[error(
+        "segment {segment} announced at offset {offset} length {length}, expected offset \
+         {expected_offset} length {expected_length}"
+    )]
+    Misplaced {
+        segment: u64,
+        offset: u64,
+        length: u32,
+        expected_offset: u64,
+        expected_length: u32,
+    },
+}
+
 /// Checks a SEGMENT head against the manifest: index in range, offset and length exact.
-pub fn check_segment_head(manifest: &Manifest, head: &SegmentHead) -> Result<(), String> {
+pub fn check_segment_head(manifest: &Manifest, head: &SegmentHead) -> Result<(), SegmentHeadError> {
     if head.segment >= manifest.segment_count() {
-        return Err(format!(
-            "segment {} out of range (file has {})",
-            head.segment,
-            manifest.segment_count()
-        ));
+        return Err(SegmentHeadError::OutOfRange {
+            segment: head.segment,
+            count: manifest.segment_count(),
+        });
     }
     let (offset, length) = manifest.segment_range(head.segment);
     if head.offset != offset || head.length != length {
-        return Err(format!(
-            "segment {} announced at offset {} length {}, expected offset {} length {}",
-            head.segment, head.offset, head.length, offset, length
-        ));
+        return Err(SegmentHeadError::Misplaced {
+            segment: head.segment,
+            offset: head.offset,
+            length: head.length,
+            expected_offset: offset,
+            expected_length: length,
+        });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let hostile = "\u{1b}]0;PWNED\u{7}\u{1b}[2Jsaved /etc/passwd\r\n\u{9b}31m ok é";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;PWNED"), "{shown}");
+        assert!(shown.ends_with(" ok é"));
+        assert_eq!(printable("plain text"), "plain text");
+    }
+
+    #[test]
+    fn a_servers_error_text_is_decoded_printable() {
+        use super::*;
+        let mut buf = Vec::new();
+        ServerFrame::Error {
+            code: ErrorCode::Internal,
+            message: "\u{1b}[2Jsaved /etc/passwd, verified\u{7}".into(),
+        }
+        .encode(&mut buf);
+        let head = parse_frame_head(buf[..5].try_into().unwrap()).unwrap();
+        match decode_server(head, &buf[5..]).unwrap() {
+            ServerFrame::Error { message, .. } => {
+                assert!(!message.chars().any(char::is_control), "{message:?}");
+                assert!(message.contains("saved /etc/passwd"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -635,6 +725,21 @@ mod tests {
             a.finish(),
             Err(WireError::Layout(ManifestError::RootMismatch))
         ));
+    }
+
+    #[test]
+    fn a_server_announcing_a_table_of_zeros_is_refused() {
+        // The unproven layout's marker: taking it from a server would switch verification off.
+        let unproven = Manifest::unproven("f.bin".into(), 3 << 20).unwrap();
+        let mut assembler = ManifestAssembler::new(Header {
+            name: unproven.name.clone(),
+            size: unproven.size,
+            segment_size: unproven.segment_size,
+            segment_count: unproven.segment_count(),
+            root: unproven.root,
+        });
+        assert_eq!(assembler.push(0, unproven.digests.clone()), Ok(true));
+        assert_eq!(assembler.finish(), Err(WireError::ZeroDigests));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::ids::{ConnId, ServerId};
 
-/// A side effect the driver must carry out, taken with [`crate::Scheduler::poll_action`].
+/// A side effect the driver must carry out, taken with `Scheduler::poll_action`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Open a connection to `server`; every later event about it carries `conn`.
@@ -47,7 +47,7 @@ pub enum DropReason {
     /// In the job's tail, far slower on its segment than the fastest server (see
     /// `Config::laggard_factor`).
     TooSlow,
-    /// Connected but no header within `handshake_timeout`.
+    /// Connecting, and silent for `handshake_timeout` before the header.
     HandshakeTimeout,
     /// The header names different content than the job's layout (server is blamed).
     HeaderMismatch,
@@ -58,7 +58,7 @@ pub enum DropReason {
 }
 
 /// What the driver must do with a segment it reported through
-/// [`crate::Scheduler::on_segment`].
+/// `Scheduler::on_segment`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegmentVerdict {
     /// First verified copy: write it (and journal it).

@@ -10,7 +10,9 @@ pub struct Config {
     pub pipeline_depth: usize,
     /// No progress for this long while segments are in flight means the connection stalled.
     pub stall_timeout: Duration,
-    /// A `Connect` that produced no header after this long failed.
+    /// A `Connect` whose handshake was silent this long (no byte reported through
+    /// `on_progress` since the connect or the last one, and no header) failed. Silence, not
+    /// total time: a huge digest table arriving steadily is not a hang.
     pub handshake_timeout: Duration,
     /// First reconnect delay after a failure.
     pub backoff_initial: Duration,
@@ -30,6 +32,17 @@ pub struct Config {
     pub laggard_factor: u32,
     /// ...but never before it has been on that segment this long.
     pub laggard_floor: Duration,
+    /// Connection attempts a server gets before it is given up ([`ServerState::GaveUp`]),
+    /// while it has never delivered a header and the job has no verified segment; 0 means
+    /// unlimited. A server that answered once is reachable and is never given up, and
+    /// neither is any server of a job holding verified data (that job is resumable, so it
+    /// waits for its servers to come back). aria2's `--max-tries` has the same default.
+    ///
+    /// [`ServerState::GaveUp`]: crate::ServerState::GaveUp
+    pub max_tries: u32,
+    /// The longest wait a source's own `Retry-After` may ask for (see
+    /// [`Scheduler::on_disconnected_retry_after`](crate::Scheduler::on_disconnected_retry_after)).
+    pub retry_after_max: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +58,8 @@ impl Default for Config {
             election_window: Duration::from_secs(3),
             laggard_factor: 8,
             laggard_floor: Duration::from_secs(2),
+            max_tries: 5,
+            retry_after_max: Duration::from_secs(3600),
         }
     }
 }
@@ -62,6 +77,12 @@ impl Config {
     /// Pipeline depth with the degenerate 0 lifted to 1, so a connection always makes progress.
     pub(crate) fn depth(&self) -> usize {
         self.pipeline_depth.max(1)
+    }
+
+    /// Whether a server that failed `tries` attempts without ever answering has had all it
+    /// gets.
+    pub(crate) fn out_of_tries(&self, tries: u32) -> bool {
+        self.max_tries != 0 && tries >= self.max_tries
     }
 
     /// Holders a segment may have at once; 1 means endgame duplication is off.
@@ -107,5 +128,20 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(no_endgame.copies(), 1);
+    }
+
+    #[test]
+    fn zero_tries_is_unlimited() {
+        let config = Config {
+            max_tries: 0,
+            ..Config::default()
+        };
+        assert!(!config.out_of_tries(u32::MAX));
+        let three = Config {
+            max_tries: 3,
+            ..Config::default()
+        };
+        assert!(!three.out_of_tries(2));
+        assert!(three.out_of_tries(3));
     }
 }

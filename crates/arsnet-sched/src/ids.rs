@@ -17,6 +17,8 @@ pub struct ConnId(pub u64);
 pub struct Layout {
     /// Number of segments; segments are numbered `0..segment_count`.
     pub segment_count: u64,
+    /// The file's size in bytes: when two layouts differ in it, that is the reason given.
+    pub size: u64,
     /// Driver-computed digest of the whole download identity.
     pub fingerprint: [u8; 32],
     /// The content's digest (what a pin names).
@@ -28,6 +30,8 @@ pub struct Layout {
 pub struct ContentVotes {
     /// The content digest they announced.
     pub content: [u8; 32],
+    /// The size of the file they announced.
+    pub size: u64,
     /// Who announced it, in server order.
     pub servers: Vec<ServerId>,
 }

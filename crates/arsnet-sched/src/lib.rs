@@ -14,7 +14,11 @@
 //! connections with free slots. When nothing is left to hand out, idle connections duplicate
 //! the oldest outstanding segments (endgame); the first verified copy wins and the others are
 //! cancelled. Failed servers reconnect after a doubling, capped backoff; servers that send bad
-//! data or a different header are blamed and never contacted again.
+//! data or a different header are blamed and never contacted again. A server that never
+//! answered is given up after `Config::max_tries` attempts while the job has no verified
+//! segment, and a job whose servers all gave up (or were blamed) fails with
+//! [`FailReason::Unreachable`] instead of waiting forever; a job holding verified data keeps
+//! retrying, since it is resumable.
 //!
 //! Once the job is [`Phase::Complete`] the scheduler emits nothing more (not even cancels for
 //! copies still in flight): the driver closes every connection itself.
@@ -25,7 +29,7 @@
 //! use std::time::Duration;
 //! use arsnet_sched::{Action, Config, Layout, Phase, Scheduler, SegmentVerdict};
 //!
-//! let layout = Layout { segment_count: 2, fingerprint: [0; 32], content: [0; 32] };
+//! let layout = Layout { segment_count: 2, size: 2 << 20, fingerprint: [0; 32], content: [0; 32] };
 //! let mut sched = Scheduler::new(Config::default(), 1, Duration::ZERO);
 //! let mut now = Duration::ZERO;
 //! while sched.phase() != Phase::Complete {
@@ -64,5 +68,5 @@ mod status;
 pub use action::{Action, DropReason, SegmentVerdict};
 pub use config::Config;
 pub use ids::{ConnId, ContentVotes, Layout, ServerId};
-pub use scheduler::{Scheduler, ALL_BLAMED, NO_SERVERS};
-pub use status::{Phase, ServerState, ServerStats};
+pub use scheduler::Scheduler;
+pub use status::{FailReason, Phase, ServerEnd, ServerState, ServerStats, ALL_BLAMED, NO_SERVERS};

@@ -14,12 +14,7 @@ use crate::config::Config;
 use crate::ids::{ConnId, ContentVotes, Layout, ServerId};
 use crate::segments::SegmentTable;
 use crate::servers::{Servers, Slot};
-use crate::status::{Phase, ServerState, ServerStats};
-
-/// Reason given by [`Phase::Failed`] when every server has been blamed.
-pub const ALL_BLAMED: &str = "every server sent bad data or a mismatching header";
-/// Reason given by [`Phase::Failed`] for a job created without servers.
-pub const NO_SERVERS: &str = "no servers to download from";
+use crate::status::{FailReason, Phase, ServerEnd, ServerState, ServerStats};
 
 /// What [`Scheduler::server_state`] answers for an id outside the server list.
 static UNKNOWN_SERVER: ServerState = ServerState::Idle;
@@ -41,6 +36,24 @@ struct Election {
 }
 
 /// Lower-case hex of a digest, as `b3sum` prints it.
+/// Why a server's `offered` layout is not the `accepted` one (`whose`: "job's",
+/// "majority's"): the sizes when they differ (all an HTTP mirror can differ in), else the
+/// content digests.
+fn differs(offered: &Layout, accepted: &Layout, whose: &str) -> String {
+    if offered.size != accepted.size {
+        format!(
+            "serves a file of {} bytes, the {whose} is {} bytes",
+            offered.size, accepted.size
+        )
+    } else {
+        format!(
+            "serves other content (BLAKE3 {}) than the {whose} {}",
+            hex(&offered.content),
+            hex(&accepted.content)
+        )
+    }
+}
+
 fn hex(digest: &[u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -71,6 +84,9 @@ pub struct Scheduler {
     election: Option<Election>,
     /// Set when an election found no strict majority.
     disagreement: Option<Vec<ContentVotes>>,
+    /// Servers that cannot name the content (HTTP mirrors, which know only a size): they
+    /// never vote, no election waits for them, and they serve once others decided it.
+    followers: BTreeSet<ServerId>,
 }
 
 impl Scheduler {
@@ -88,6 +104,7 @@ impl Scheduler {
             pin: None,
             election: None,
             disagreement: None,
+            followers: BTreeSet::new(),
         };
         for server in 0..servers {
             scheduler.connect(server, now);
@@ -117,6 +134,7 @@ impl Scheduler {
             pin: None,
             election: None,
             disagreement: None,
+            followers: BTreeSet::new(),
         };
         scheduler.settle(now);
         if !scheduler.complete {
@@ -176,11 +194,9 @@ impl Scheduler {
         let accepted = self.job.as_ref().map(|j| j.layout);
         if accepted != Some(layout) {
             let reason = match accepted {
-                Some(a) if a.content != layout.content => format!(
-                    "serves other content (BLAKE3 {}) than the job's {}",
-                    hex(&layout.content),
-                    hex(&a.content)
-                ),
+                Some(a) if a.content != layout.content || a.size != layout.size => {
+                    differs(&layout, &a, "job's")
+                }
                 _ => "serves the content under another name or segment layout".to_string(),
             };
             self.blame_header(server, now, reason);
@@ -190,6 +206,101 @@ impl Scheduler {
         }
         // A repeated identical header on an active connection changes nothing.
         self.settle(now);
+    }
+
+    /// Marks `server` as a follower (see [`Scheduler::on_follower_ready`]). Call before any
+    /// header; out-of-range ids are ignored.
+    pub fn set_follower(&mut self, server: ServerId) {
+        if server < self.servers.len() {
+            self.followers.insert(server);
+        }
+    }
+
+    /// A follower's connection finished its handshake (it answered, and is whole as far
+    /// as it can tell). With the content decided it serves at once; before that it waits,
+    /// connected and idle, without a silence timer, and is activated the moment the content
+    /// is decided. A connection of a server that is not a follower is dropped: only a
+    /// header can say what such a server serves.
+    pub fn on_follower_ready(&mut self, now: Duration, conn: ConnId) {
+        if self.complete || self.disagreement.is_some() {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        if !self.followers.contains(&server) {
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::Protocol("announced no content".to_string())),
+                Fate::Blame("announced no content (not an ArsNet server?)".to_string()),
+            );
+            self.settle(now);
+            return;
+        }
+        if self.job.is_some() {
+            self.servers.activate(server, now);
+            self.fill(server, now);
+        } else {
+            if let Some(conn) = self.servers.conn_mut(server) {
+                // The handshake is over: waiting for others to decide is not silence.
+                conn.voted = true;
+            }
+            self.servers.mark_reached(server);
+            self.servers.arm(server, &self.config);
+        }
+        self.settle(now);
+    }
+
+    /// The driver found `server` serving other bytes than the content (a mirror whose
+    /// segments disagreed with the others' when the whole file failed its check): it is
+    /// blamed with `reason` and never contacted again, whatever its connection is doing
+    /// (an attempt queued but not yet carried out is withdrawn).
+    pub fn exclude(&mut self, now: Duration, server: ServerId, reason: String) {
+        if server >= self.servers.len() {
+            return;
+        }
+        let conn = self.servers.conn(server).map(|c| c.id);
+        self.actions.retain(|a| match a {
+            Action::Connect { conn: c, .. } => Some(*c) != conn,
+            _ => true,
+        });
+        self.drop_conn(
+            server,
+            now,
+            Some(DropReason::CorruptSegment),
+            Fate::Blame(reason),
+        );
+        self.settle(now);
+    }
+
+    /// The driver found that what a connection offers cannot be the decided content (an
+    /// HTTP mirror whose size differs from it): the server is blamed with `reason`.
+    pub fn on_refused(&mut self, now: Duration, conn: ConnId, reason: String) {
+        if self.complete {
+            return;
+        }
+        if let Some(server) = self.servers.lookup(conn) {
+            self.blame_header(server, now, reason);
+            self.settle(now);
+        }
+    }
+
+    /// Followers that waited for the content serve once it is decided.
+    fn activate_waiting_followers(&mut self, now: Duration) {
+        if self.job.is_none() {
+            return;
+        }
+        let waiting: Vec<ServerId> = self
+            .followers
+            .iter()
+            .copied()
+            .filter(|&s| self.servers.conn(s).is_some_and(|c| c.voted && !c.active))
+            .collect();
+        for server in waiting {
+            self.servers.activate(server, now);
+            self.fill(server, now);
+        }
     }
 
     fn accept_layout(&mut self, layout: Layout) {
@@ -217,6 +328,11 @@ impl Scheduler {
         });
         election.votes.retain(|(s, _)| *s != server);
         election.votes.push((server, layout));
+        if let Some(conn) = self.servers.conn_mut(server) {
+            conn.voted = true;
+        }
+        // It answered: waiting for the election is not failing to reach it.
+        self.servers.mark_reached(server);
         self.servers.arm(server, &self.config);
     }
 
@@ -230,10 +346,15 @@ impl Scheduler {
         }
         // Early only when every server still in the running has voted. A server that could
         // not be reached is waited for until the window closes: taking honest servers down
-        // for a moment must not let a liar win by answering alone.
+        // for a moment must not let a liar win by answering alone. One given up will never
+        // vote, so the window's end could only count the same votes.
         let everyone_in = (0..self.servers.len()).all(|s| {
-            election.votes.iter().any(|(v, _)| *v == s)
-                || matches!(self.server_state(s), ServerState::Blamed(_))
+            self.followers.contains(&s)
+                || election.votes.iter().any(|(v, _)| *v == s)
+                || matches!(
+                    self.server_state(s),
+                    ServerState::Blamed(_) | ServerState::GaveUp { .. }
+                )
         });
         if !everyone_in && now < election.deadline {
             return;
@@ -260,6 +381,7 @@ impl Scheduler {
                     servers.sort_unstable();
                     ContentVotes {
                         content: layout.content,
+                        size: layout.size,
                         servers,
                     }
                 })
@@ -278,11 +400,7 @@ impl Scheduler {
                 self.servers.activate(server, now);
                 self.fill(server, now);
             } else {
-                let reason = format!(
-                    "serves other content (BLAKE3 {}) than the majority's {}",
-                    hex(&layout.content),
-                    hex(&winner.content)
-                );
+                let reason = differs(&layout, &winner, "majority's");
                 self.blame_header(server, now, reason);
             }
         }
@@ -311,22 +429,43 @@ impl Scheduler {
         self.settle(now);
     }
 
-    /// Bytes of a requested segment arrived on `conn`: the connection is not stalled.
+    /// `bytes` arrived on `conn` (handshake frames or segment data): the connection is not
+    /// silent. A report of zero bytes is no progress and changes nothing, so a driver that
+    /// samples counters may report every connection on every wake-up.
     pub fn on_progress(&mut self, now: Duration, conn: ConnId, bytes: u64) {
-        // How much arrived does not matter here: any data at all resets the stall clock.
-        let _ = bytes;
-        if self.complete {
+        if self.complete || bytes == 0 {
             return;
         }
         let Some(server) = self.servers.lookup(conn) else {
             return;
         };
         if let Some(c) = self.servers.conn_mut(server) {
-            if c.active {
-                c.last_progress = now;
-            }
+            // While Connecting, data is a handshake advancing (a digest table arriving frame
+            // by frame); once Active, it is a requested segment arriving. Either way the
+            // silence clock restarts. (An active connection with nothing requested owes no
+            // data; its clock restarts anyway when its pipeline fills.)
+            c.last_progress = c.last_progress.max(now);
         }
         self.servers.arm(server, &self.config);
+    }
+
+    /// The driver's storage cannot take more data for now (its queue is full): until
+    /// [`Self::on_storage_ready`], the driver reads no connection, so no silence counts as a
+    /// stall or a slow handshake, and no connection is dropped as a laggard.
+    pub fn on_storage_busy(&mut self, now: Duration) {
+        if self.complete || self.servers.storage_busy() {
+            return;
+        }
+        self.servers.set_storage_busy(true, now, &self.config);
+    }
+
+    /// The storage takes data again: every connection's silence clock restarts at `now`.
+    pub fn on_storage_ready(&mut self, now: Duration) {
+        if self.complete || !self.servers.storage_busy() {
+            return;
+        }
+        self.servers.set_storage_busy(false, now, &self.config);
+        self.settle(now);
     }
 
     /// A whole segment arrived on `conn`; `verified` says whether it matched its digest.
@@ -413,6 +552,14 @@ impl Scheduler {
         self.settle(now);
     }
 
+    /// The server answered on `conn` without a header (it is busy, say): it speaks the
+    /// protocol and is reachable, so it is never given up for this run, only retried.
+    pub fn on_answered(&mut self, conn: ConnId) {
+        if let Some(server) = self.servers.lookup(conn) {
+            self.servers.mark_reached(server);
+        }
+    }
+
     /// `conn` ended on its own (refused, reset, EOF, protocol error seen by the driver).
     pub fn on_disconnected(&mut self, now: Duration, conn: ConnId, error: &str) {
         if self.complete {
@@ -422,6 +569,29 @@ impl Scheduler {
             return;
         };
         self.drop_conn(server, now, None, Fate::Retry(error.to_string()));
+        self.settle(now);
+    }
+
+    /// Like [`Scheduler::on_disconnected`], for a source that said when to come back (an
+    /// HTTP `Retry-After`): its next attempt waits at least `retry_after`, capped at
+    /// `Config::retry_after_max` so that a hostile value cannot park a source forever.
+    pub fn on_disconnected_retry_after(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        error: &str,
+        retry_after: Duration,
+    ) {
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        self.drop_conn(server, now, None, Fate::Retry(error.to_string()));
+        let until = now.saturating_add(retry_after.min(self.config.retry_after_max));
+        self.servers.defer(server, until);
+        self.servers.arm(server, &self.config);
         self.settle(now);
     }
 
@@ -452,19 +622,41 @@ impl Scheduler {
     /// server's segment time (and at least `laggard_floor`) is dropped, so that its segments
     /// go to the idle, faster ones at once. Progress, however slow, does not save it: this is
     /// what stops a server trickling a byte at a time from holding the last segments forever.
-    fn drop_laggards(&mut self, now: Duration) {
-        let Some(job) = self.job.as_mut() else {
-            return;
-        };
-        if self.hungry.is_empty() || job.segments.has_available() {
-            return;
+    /// How long a connection may be on one segment before it is a laggard, when the rule
+    /// applies now: in the tail (nothing left to hand out, and some server idle), with the
+    /// storage keeping up (a server blocked by our own storage is not slow), once a
+    /// per-segment time has been measured.
+    fn laggard_limit(&self) -> Option<(Duration, Duration)> {
+        let job = self.job.as_ref()?;
+        if self.hungry.is_empty() || job.segments.any_available() || self.servers.storage_busy() {
+            return None;
         }
-        let Some(best) = self.servers.best_segment_time() else {
-            return;
-        };
+        let best = self.servers.best_segment_time()?;
         let limit = best
             .saturating_mul(self.config.laggard_factor)
             .max(self.config.laggard_floor);
+        Some((best, limit))
+    }
+
+    /// When the first laggard would be due, so that [`Self::next_deadline`] wakes the driver
+    /// for it (the laggard rule runs from `on_tick`).
+    fn next_laggard(&self) -> Option<Duration> {
+        let (_, limit) = self.laggard_limit()?;
+        (0..self.servers.len())
+            .filter(|&s| self.hungry.iter().any(|&h| h != s))
+            .filter_map(|s| self.servers.conn(s).filter(|c| c.active)?.busy_since())
+            .map(|since| {
+                since
+                    .saturating_add(limit)
+                    .saturating_add(Duration::from_nanos(1))
+            })
+            .min()
+    }
+
+    fn drop_laggards(&mut self, now: Duration) {
+        let Some((best, limit)) = self.laggard_limit() else {
+            return;
+        };
         let laggards: Vec<(ServerId, Duration)> = (0..self.servers.len())
             .filter(|&s| self.hungry.iter().any(|&h| h != s))
             .filter_map(|s| {
@@ -510,10 +702,10 @@ impl Scheduler {
             return None;
         }
         let election = self.election.as_ref().map(|e| e.deadline);
-        match (self.servers.next_deadline(), election) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.servers.next_deadline(), election, self.next_laggard()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Where the job stands.
@@ -523,14 +715,40 @@ impl Scheduler {
         } else if let Some(votes) = &self.disagreement {
             Phase::Disagreement(votes.clone())
         } else if self.servers.len() == 0 {
-            Phase::Failed(NO_SERVERS.to_string())
+            Phase::Failed(FailReason::NoServers)
         } else if self.servers.blamed() == self.servers.len() {
-            Phase::Failed(ALL_BLAMED.to_string())
+            Phase::Failed(FailReason::AllBlamed)
+        } else if self.out_of_servers() && self.segments_done() == 0 {
+            Phase::Failed(FailReason::Unreachable(self.server_ends()))
         } else if self.servers.live() == 0 {
             Phase::Waiting
         } else {
             Phase::Running
         }
+    }
+
+    /// No server will be tried again: each is blamed or given up.
+    fn out_of_servers(&self) -> bool {
+        self.servers.blamed() + self.servers.given_up() == self.servers.len()
+    }
+
+    /// How each server ended, for [`FailReason::Unreachable`] (only asked once every server
+    /// is blamed or given up).
+    fn server_ends(&self) -> Vec<ServerEnd> {
+        (0..self.servers.len())
+            .map(|s| match self.server_state(s) {
+                ServerState::GaveUp {
+                    attempts,
+                    last_error,
+                } => ServerEnd::GaveUp {
+                    attempts: *attempts,
+                    last_error: last_error.clone(),
+                },
+                ServerState::Blamed(reason) => ServerEnd::Blamed(reason.clone()),
+                // Not reached while out_of_servers() holds; kept total rather than panic.
+                other => ServerEnd::Blamed(format!("{other:?}")),
+            })
+            .collect()
     }
 
     /// The job's layout, once known.
@@ -582,25 +800,27 @@ impl Scheduler {
     /// Handles a due timer of `server`.
     fn expire(&mut self, server: ServerId, now: Duration) {
         let (handshake, stall) = (self.config.handshake_timeout, self.config.stall_timeout);
+        let busy = self.servers.storage_busy();
         match self.server_state(server) {
             ServerState::Backoff { until, .. } if *until <= now => self.connect(server, now),
             ServerState::Connecting
-                if self
-                    .servers
-                    .conn(server)
-                    .is_some_and(|c| c.opened_at.saturating_add(handshake) <= now) =>
+                if !busy
+                    && self.servers.conn(server).is_some_and(|c| {
+                        !c.voted && c.last_progress.saturating_add(handshake) <= now
+                    }) =>
             {
                 self.drop_conn(
                     server,
                     now,
                     Some(DropReason::HandshakeTimeout),
-                    Fate::Retry(format!("no header within {handshake:?}")),
+                    Fate::Retry(format!("no header: handshake silent for {handshake:?}")),
                 );
             }
             ServerState::Active
-                if self.servers.conn(server).is_some_and(|c| {
-                    !c.slots.is_empty() && c.last_progress.saturating_add(stall) <= now
-                }) =>
+                if !busy
+                    && self.servers.conn(server).is_some_and(|c| {
+                        !c.slots.is_empty() && c.last_progress.saturating_add(stall) <= now
+                    }) =>
             {
                 self.drop_conn(
                     server,
@@ -705,6 +925,11 @@ impl Scheduler {
     ) {
         if let Some(election) = self.election.as_mut() {
             election.votes.retain(|(s, _)| *s != server);
+            // With no vote left there is nothing to decide: the next header opens a new
+            // window. (Kept, its deadline would be due forever, as nothing can close it.)
+            if election.votes.is_empty() {
+                self.election = None;
+            }
         }
         if let Some(conn) = self.servers.close(server) {
             if let Some(job) = self.job.as_mut() {
@@ -721,7 +946,15 @@ impl Scheduler {
         }
         self.hungry.remove(&server);
         match fate {
-            Fate::Retry(error) => self.servers.fail(server, now, error, &self.config),
+            Fate::Retry(error) => {
+                // Giving up is for a job that can never succeed: none while it holds verified
+                // data (it is resumable), and none while another server answered (say, one
+                // that keeps stalling: a server that comes back must find the job trying).
+                let may_give_up =
+                    self.segments_done() == 0 && !self.servers.any_reached_besides(Some(server));
+                self.servers
+                    .fail(server, now, error, &self.config, may_give_up)
+            }
             Fate::Blame(reason) => self.servers.blame(server, reason),
         }
         self.servers.arm(server, &self.config);
@@ -734,6 +967,7 @@ impl Scheduler {
             return;
         }
         self.try_decide(now);
+        self.activate_waiting_followers(now);
         if self.job.as_ref().is_some_and(|j| j.segments.is_complete()) {
             // The driver closes every connection itself; nothing queued still matters.
             self.complete = true;
@@ -741,6 +975,14 @@ impl Scheduler {
             self.hungry.clear();
             self.servers.clear_timers();
             return;
+        }
+        // Servers given up while the job had nothing try again when giving up no longer
+        // holds: a server answered since (the job may succeed), or the job verified data
+        // and every other server was blamed since (a resumable job keeps waiting).
+        let revive = self.servers.any_reached_besides(None)
+            || (self.segments_done() > 0 && self.out_of_servers());
+        if self.servers.given_up() > 0 && revive {
+            self.servers.revive_given_up(now, &self.config);
         }
         // Each round either stops or handed out a segment that just became duplicable, so
         // the loop ends after at most (holders that can exist) rounds.

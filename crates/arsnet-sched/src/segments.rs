@@ -108,6 +108,13 @@ impl SegmentTable {
         !self.duplicable.is_empty() || self.has_missing()
     }
 
+    /// [`Self::has_available`] without moving the cursor along (for read-only questions).
+    pub(crate) fn any_available(&self) -> bool {
+        !self.duplicable.is_empty()
+            || !self.returned.is_empty()
+            || self.done.next_clear(self.cursor) < self.count
+    }
+
     /// Removes and returns the lowest-numbered Missing segment. The caller must make it
     /// InFlight with [`Self::add_holder`].
     pub(crate) fn take_missing(&mut self) -> Option<u64> {

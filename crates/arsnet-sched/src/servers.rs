@@ -24,11 +24,14 @@ pub(crate) struct Slot {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    pub(crate) opened_at: Duration,
     /// Header accepted.
     pub(crate) active: bool,
+    /// Header delivered as a vote, awaiting the election: the handshake is over, so its
+    /// silence timer no longer runs (the election window decides when it ends).
+    pub(crate) voted: bool,
     pub(crate) slots: Vec<Slot>,
-    /// Last time data arrived, or the pipeline went from empty to busy; the stall clock.
+    /// Last time data arrived (handshake bytes included), or the pipeline went from empty
+    /// to busy; the clock of both the handshake and the stall deadline.
     pub(crate) last_progress: Duration,
     /// When the connection last delivered a whole segment (or was accepted): how long it is
     /// taking for its current one, measured against the job's fastest (see `laggards`).
@@ -39,13 +42,19 @@ impl Conn {
     /// How long the connection has been working on its current segment: since its last
     /// delivery or its oldest live request, whichever is later. `None` with nothing to do.
     pub(crate) fn busy_for(&self, now: Duration) -> Option<Duration> {
+        Some(now.saturating_sub(self.busy_since()?))
+    }
+
+    /// Since when the connection has been working on its current segment (see
+    /// [`Conn::busy_for`]).
+    pub(crate) fn busy_since(&self) -> Option<Duration> {
         let oldest = self
             .slots
             .iter()
             .filter(|s| !s.cancelling)
             .map(|s| s.requested_at)
             .min()?;
-        Some(now.saturating_sub(oldest.max(self.last_delivery)))
+        Some(oldest.max(self.last_delivery))
     }
 }
 
@@ -65,8 +74,13 @@ impl Conn {
 struct Server {
     state: ServerState,
     conn: Option<Conn>,
-    /// Consecutive failures since the last accepted header; drives the backoff curve.
+    /// Consecutive failures since the last delivered segment; drives the backoff curve.
     attempt: u32,
+    /// It delivered a header once (a vote or an accepted one): it is reachable, and is never
+    /// given up for this run.
+    reached: bool,
+    /// Failed attempts before it was reached, the count `Config::max_tries` bounds.
+    tries: u32,
     segments_done: u64,
     failures: u64,
     /// Smoothed time this server takes per segment (first copies only), once measured.
@@ -85,6 +99,11 @@ pub(crate) struct Servers {
     /// Servers that are Active or Connecting.
     live: usize,
     blamed: usize,
+    /// Servers in `GaveUp`.
+    given_up: usize,
+    /// The driver's storage is pushing back: it is not reading any connection, so their
+    /// silence says nothing about the servers and no silence timer runs.
+    storage_busy: bool,
 }
 
 fn is_live(state: &ServerState) -> bool {
@@ -99,6 +118,8 @@ impl Servers {
                     state: ServerState::Idle,
                     conn: None,
                     attempt: 0,
+                    reached: false,
+                    tries: 0,
                     segment_time: None,
                     segments_done: 0,
                     failures: 0,
@@ -110,6 +131,8 @@ impl Servers {
             next_conn: 1,
             live: 0,
             blamed: 0,
+            given_up: 0,
+            storage_busy: false,
         }
     }
 
@@ -123,6 +146,20 @@ impl Servers {
 
     pub(crate) fn blamed(&self) -> usize {
         self.blamed
+    }
+
+    pub(crate) fn given_up(&self) -> usize {
+        self.given_up
+    }
+
+    /// Whether a server other than `except` answered once and is not blamed: then the job
+    /// is not one that can never succeed, and no server is given up.
+    pub(crate) fn any_reached_besides(&self, except: Option<ServerId>) -> bool {
+        self.list.iter().enumerate().any(|(id, s)| {
+            Some(id) != except
+                && s.reached
+                && !matches!(s.state, ServerState::Blamed(_) | ServerState::GaveUp { .. })
+        })
     }
 
     pub(crate) fn state(&self, server: ServerId) -> Option<&ServerState> {
@@ -160,6 +197,15 @@ impl Servers {
         let (was_live, now_live) = (is_live(&old), is_live(&entry.state));
         let was_blamed = matches!(old, ServerState::Blamed(_));
         let now_blamed = matches!(entry.state, ServerState::Blamed(_));
+        let was_given_up = matches!(old, ServerState::GaveUp { .. });
+        let now_given_up = matches!(entry.state, ServerState::GaveUp { .. });
+        if was_given_up != now_given_up {
+            self.given_up = if now_given_up {
+                self.given_up + 1
+            } else {
+                self.given_up.saturating_sub(1)
+            };
+        }
         if was_live != now_live {
             self.live = if now_live {
                 self.live + 1
@@ -179,15 +225,19 @@ impl Servers {
     /// Starts a new connection attempt for `server` (which must have none), returning its id.
     pub(crate) fn open(&mut self, server: ServerId, now: Duration) -> Option<ConnId> {
         let entry = self.list.get_mut(server)?;
-        if entry.conn.is_some() || matches!(entry.state, ServerState::Blamed(_)) {
+        let terminal = matches!(
+            entry.state,
+            ServerState::Blamed(_) | ServerState::GaveUp { .. }
+        );
+        if entry.conn.is_some() || terminal {
             return None;
         }
         let id = ConnId(self.next_conn);
         self.next_conn = self.next_conn.saturating_add(1);
         entry.conn = Some(Conn {
             id,
-            opened_at: now,
             active: false,
+            voted: false,
             slots: Vec::new(),
             last_progress: now,
             last_delivery: now,
@@ -209,7 +259,17 @@ impl Servers {
         conn.active = true;
         conn.last_progress = now;
         conn.last_delivery = now;
+        self.mark_reached(server);
         self.set_state(server, ServerState::Active);
+    }
+
+    /// The server delivered a header (accepted, or a vote awaiting the election): whatever
+    /// happens to its connections later, it is reachable.
+    pub(crate) fn mark_reached(&mut self, server: ServerId) {
+        if let Some(entry) = self.list.get_mut(server) {
+            entry.reached = true;
+            entry.tries = 0;
+        }
     }
 
     /// Detaches the server's connection (its id becomes stale) and hands it to the caller,
@@ -220,20 +280,69 @@ impl Servers {
         Some(conn)
     }
 
-    /// Records a failure: Backoff until `now + backoff(attempt)`, then attempt += 1.
-    pub(crate) fn fail(&mut self, server: ServerId, now: Duration, error: String, config: &Config) {
+    /// Records a failure: Backoff until `now + backoff(attempt)`, then attempt += 1. A server
+    /// never reached that has used up `max_tries` is given up instead, when `may_give_up`
+    /// (the job holds no verified segment: one that does waits for its servers).
+    pub(crate) fn fail(
+        &mut self,
+        server: ServerId,
+        now: Duration,
+        error: String,
+        config: &Config,
+        may_give_up: bool,
+    ) {
         let Some(entry) = self.list.get_mut(server) else {
             return;
         };
         let delay = config.backoff(entry.attempt);
         entry.attempt = entry.attempt.saturating_add(1);
         entry.failures = entry.failures.saturating_add(1);
-        let state = ServerState::Backoff {
-            until: now.saturating_add(delay),
-            attempt: entry.attempt,
-            last_error: error,
+        if !entry.reached {
+            entry.tries = entry.tries.saturating_add(1);
+        }
+        let state = if !entry.reached && may_give_up && config.out_of_tries(entry.tries) {
+            ServerState::GaveUp {
+                attempts: entry.tries,
+                last_error: error,
+            }
+        } else {
+            ServerState::Backoff {
+                until: now.saturating_add(delay),
+                attempt: entry.attempt,
+                last_error: error,
+            }
         };
         self.set_state(server, state);
+    }
+
+    /// A server in backoff tries again no earlier than `until`.
+    pub(crate) fn defer(&mut self, server: ServerId, until: Duration) {
+        if let Some(entry) = self.list.get_mut(server) {
+            if let ServerState::Backoff { until: due, .. } = &mut entry.state {
+                *due = (*due).max(until);
+            }
+        }
+    }
+
+    /// Servers given up go back to retrying (Backoff, their delay continuing the curve): the
+    /// job holds verified data but has no other server left, and a resumable job waits for
+    /// its servers rather than fail.
+    pub(crate) fn revive_given_up(&mut self, now: Duration, config: &Config) {
+        for server in 0..self.list.len() {
+            let Some(entry) = self.list.get_mut(server) else {
+                continue;
+            };
+            let ServerState::GaveUp { last_error, .. } = &entry.state else {
+                continue;
+            };
+            let state = ServerState::Backoff {
+                until: now.saturating_add(config.backoff(entry.attempt)),
+                attempt: entry.attempt,
+                last_error: last_error.clone(),
+            };
+            self.set_state(server, state);
+            self.arm(server, config);
+        }
     }
 
     /// Drops the server for the rest of the job.
@@ -272,17 +381,20 @@ impl Servers {
     }
 
     /// Re-derives the server's timer from its state: reconnect time in Backoff, handshake
-    /// deadline while Connecting, stall deadline while Active with segments in flight.
+    /// deadline (silence since the last handshake byte) while Connecting and not yet voted,
+    /// stall deadline while Active with segments in flight. No silence timer runs while the
+    /// storage is busy.
     pub(crate) fn arm(&mut self, server: ServerId, config: &Config) {
+        let busy = self.storage_busy;
         let Some(entry) = self.list.get_mut(server) else {
             return;
         };
         let due = match (&entry.state, &entry.conn) {
             (ServerState::Backoff { until, .. }, _) => Some(*until),
-            (ServerState::Connecting, Some(conn)) => {
-                Some(conn.opened_at.saturating_add(config.handshake_timeout))
+            (ServerState::Connecting, Some(conn)) if !conn.voted && !busy => {
+                Some(conn.last_progress.saturating_add(config.handshake_timeout))
             }
-            (ServerState::Active, Some(conn)) if !conn.slots.is_empty() => {
+            (ServerState::Active, Some(conn)) if !conn.slots.is_empty() && !busy => {
                 Some(conn.last_progress.saturating_add(config.stall_timeout))
             }
             _ => None,
@@ -297,6 +409,29 @@ impl Servers {
             self.timers.insert((at, server));
         }
         entry.timer = due;
+    }
+
+    /// Whether the storage is busy (see [`Servers::set_storage_busy`]).
+    pub(crate) fn storage_busy(&self) -> bool {
+        self.storage_busy
+    }
+
+    /// The storage started (`busy`) or stopped pushing back. When it stops, every
+    /// connection's clocks restart at `now`: the silence while the driver did not read was
+    /// the driver's, not the server's. Every timer is re-derived.
+    pub(crate) fn set_storage_busy(&mut self, busy: bool, now: Duration, config: &Config) {
+        self.storage_busy = busy;
+        if !busy {
+            for conn in self.list.iter_mut().filter_map(|s| s.conn.as_mut()) {
+                conn.last_progress = conn.last_progress.max(now);
+                if conn.active {
+                    conn.last_delivery = conn.last_delivery.max(now);
+                }
+            }
+        }
+        for server in 0..self.list.len() {
+            self.arm(server, config);
+        }
     }
 
     /// Removes and returns a server whose timer is due at `now`.

@@ -1,6 +1,6 @@
 //! The storage backend seam: the store does all its file I/O through [`BlockFile`], a
 //! positioned-I/O file with explicit durability points. `std::fs::File` is the production
-//! backend; `crate::crash::CrashFile` (feature `test-util`) simulates power cuts so tests can
+//! backend; `CrashFile` in the `crash` module (feature `test-util`) simulates power cuts so tests can
 //! prove the write order keeps the journal honest.
 
 use std::fs::File;

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use arsnet_proto::control::Pin;
 use arsnet_proto::manifest::to_hex;
 use arsnet_proto::{validate_file_name, Digest, JobTag, Manifest};
 
@@ -308,7 +309,7 @@ impl DownloadStore {
     pub fn verify_published(
         dir: &Dir,
         name: &str,
-        root: &Digest,
+        expected: &Pin,
         tag: &JobTag,
         give_to: Option<(u32, u32)>,
     ) -> Result<Option<PathBuf>, StoreError> {
@@ -331,18 +332,7 @@ impl DownloadStore {
         let Some(mut file) = dir.open_published(&name, entry.uid, entry.nlink)? else {
             return Ok(None);
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| StoreError::io("reading", &target, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        if hasher.finalize().as_bytes() != root {
+        if !hashes_to(&mut file, expected).map_err(|e| StoreError::io("reading", &target, e))? {
             return Ok(None);
         }
         let published = Dir::entry_of(&file, &target)?;
@@ -622,4 +612,29 @@ fn lock_journal(journal: &File, path: &Path) -> Result<(), StoreError> {
     } else {
         Err(StoreError::io("locking", path, err))
     }
+}
+
+/// Whether `file`, read to its end, hashes to `expected` (its BLAKE3, or the SHA-256 a job
+/// of mirrors alone was pinned to).
+fn hashes_to(file: &mut std::fs::File, expected: &Pin) -> std::io::Result<bool> {
+    use sha2::Digest as _;
+    let mut blake = blake3::Hasher::new();
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        match expected {
+            Pin::Blake3(_) => {
+                blake.update(&buf[..n]);
+            }
+            Pin::Sha256(_) => sha.update(&buf[..n]),
+        }
+    }
+    Ok(match expected {
+        Pin::Blake3(root) => blake.finalize().as_bytes() == root,
+        Pin::Sha256(digest) => <[u8; 32]>::from(sha.finalize()) == *digest,
+    })
 }

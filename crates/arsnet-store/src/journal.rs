@@ -368,13 +368,13 @@ fn be_u16(bytes: &[u8]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Parses and validates the header. Returns the manifest, the owner tag, the header CRC, and
-/// the offset of the first record.
-fn read_header<F: BlockFile>(
+/// Reads the fixed prefix (magic, version, name length) and checks it. Returns the prefix
+/// bytes and the name length.
+fn read_prefix<F: BlockFile>(
     file: &F,
     file_len: u64,
     path: &Path,
-) -> Result<(Manifest, JobTag, u32, u64), StoreError> {
+) -> Result<(Vec<u8>, usize), StoreError> {
     let corrupt = |reason: String| StoreError::corrupt(path, reason);
     if file_len < PREFIX_LEN {
         return Err(corrupt(format!(
@@ -397,6 +397,43 @@ fn read_header<F: BlockFile>(
             "name length {name_len} exceeds {MAX_NAME_LEN}"
         )));
     }
+    Ok((prefix, name_len))
+}
+
+/// Reads `count` digests from `offset` on, folding them into the running header `crc`.
+/// The caller has checked that the table fits in the file. Returns the digests, the CRC and
+/// the offset after the table.
+fn read_digests<F: BlockFile>(
+    file: &F,
+    mut offset: u64,
+    count: usize,
+    mut crc: u32,
+    path: &Path,
+) -> Result<(Vec<Digest>, u32, u64), StoreError> {
+    let mut digests: Vec<Digest> = vec![[0; 32]; count];
+    let mut chunk = vec![0u8; RECORDS_PER_READ * 32];
+    for group in digests.chunks_mut(RECORDS_PER_READ) {
+        let bytes = &mut chunk[..group.len() * 32];
+        read_exact_at(file, bytes, offset)
+            .map_err(|e| StoreError::io("reading journal", path, e))?;
+        crc = crc32c::crc32c_append(crc, bytes);
+        for (digest, raw) in group.iter_mut().zip(bytes.chunks_exact(32)) {
+            digest.copy_from_slice(raw);
+        }
+        offset += bytes.len() as u64;
+    }
+    Ok((digests, crc, offset))
+}
+
+/// Parses and validates the header. Returns the manifest, the owner tag, the header CRC, and
+/// the offset of the first record.
+fn read_header<F: BlockFile>(
+    file: &F,
+    file_len: u64,
+    path: &Path,
+) -> Result<(Manifest, JobTag, u32, u64), StoreError> {
+    let corrupt = |reason: String| StoreError::corrupt(path, reason);
+    let (prefix, name_len) = read_prefix(file, file_len, path)?;
     // Name and fixed fields: at most 255 + 52 bytes, and they must fit in the file.
     let fixed_len = name_len as u64 + FIXED_AFTER_NAME;
     if file_len < PREFIX_LEN + fixed_len {
@@ -421,22 +458,9 @@ fn read_header<F: BlockFile>(
             "truncated header: {count} segments need {needed} bytes, the file has {file_len}"
         )));
     }
-    let mut crc = crc32c::crc32c(&prefix);
-    crc = crc32c::crc32c_append(crc, &fixed);
-    let count_usize = usize::try_from(count).map_err(|_| corrupt("too many segments".into()))?;
-    let mut digests: Vec<Digest> = vec![[0; 32]; count_usize];
-    let mut offset = PREFIX_LEN + fixed_len;
-    let mut chunk = vec![0u8; RECORDS_PER_READ * 32];
-    for group in digests.chunks_mut(RECORDS_PER_READ) {
-        let bytes = &mut chunk[..group.len() * 32];
-        read_exact_at(file, bytes, offset)
-            .map_err(|e| StoreError::io("reading journal", path, e))?;
-        crc = crc32c::crc32c_append(crc, bytes);
-        for (digest, raw) in group.iter_mut().zip(bytes.chunks_exact(32)) {
-            digest.copy_from_slice(raw);
-        }
-        offset += bytes.len() as u64;
-    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&prefix), &fixed);
+    let count = usize::try_from(count).map_err(|_| corrupt("too many segments".into()))?;
+    let (digests, crc, offset) = read_digests(file, PREFIX_LEN + fixed_len, count, crc, path)?;
     let stored = be_u32(&read_vec(file, offset, 4, path)?);
     if stored != crc {
         return Err(corrupt(format!(

@@ -28,6 +28,7 @@ mod segset;
 pub mod store;
 
 pub use backend::BlockFile;
+pub use download::{DownloadStore, Found};
 pub use error::StoreError;
 pub use journal::{Journal, JournalContents};
-pub use store::{is_reserved_name, Adopted, DownloadStore, Found, Store, StorePaths};
+pub use store::{is_reserved_name, Adopted, Store, StorePaths};

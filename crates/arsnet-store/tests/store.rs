@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arsnet_proto::control::Pin;
 use arsnet_proto::Manifest;
 use arsnet_store::dir::Dir;
 use arsnet_store::journal::{encode_header, header_len, RECORD_LEN};
@@ -668,8 +669,9 @@ fn a_finalize_interrupted_after_the_link_is_recognised_by_content() {
     )
     .unwrap();
     // Nothing there, or a different file in its place, is not taken for the download.
-    let published =
-        |d: &Path| DownloadStore::verify_published(&held(d), NAME, &m.root, &TAG, None).unwrap();
+    let published = |d: &Path| {
+        DownloadStore::verify_published(&held(d), NAME, &Pin::Blake3(m.root), &TAG, None).unwrap()
+    };
     let other = tempfile::tempdir().unwrap();
     assert_eq!(published(other.path()), None);
     // (Two links to one inode are not "ours" either until the leftovers are sorted out: the

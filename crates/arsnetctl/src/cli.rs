@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use arsnet_proto::limits::MAX_INTERVAL_SECS;
 use clap::{Parser, Subcommand};
 
 /// arsnetctl — control the ArsNet daemon: serve a file on virtual servers, download a file
@@ -29,17 +30,23 @@ fn port(s: &str) -> Result<u16, String> {
     let p: u16 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a port number"))?;
-    if p < 1024 {
-        return Err(format!(
-            "port {p} is outside the allowed range 1024..=65535"
-        ));
-    }
+    // The daemon checks the whole request again; this only reports a typo before anything
+    // is sent, in the same words.
+    arsnet_proto::request::check_ports(1, &[p]).map_err(|e| e.to_string())?;
     Ok(p)
 }
 
 fn digest_hex(s: &str) -> Result<[u8; 32], String> {
     arsnet_proto::manifest::from_hex(s)
         .ok_or_else(|| format!("{s:?} is not a digest: expected 64 hex digits"))
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    arsnet_proto::units::parse_rate(s).map_err(|e| e.to_string())
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    arsnet_proto::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn any_port(s: &str) -> Result<u16, String> {
@@ -53,35 +60,19 @@ fn any_port(s: &str) -> Result<u16, String> {
 pub enum Command {
     /// Serve FILE on N virtual servers, one TCP port each (the spec's Server.py). Prints the
     /// group id once every port listens.
-    Serve {
-        /// Seconds between server status reports in the daemon log (1..=86400).
-        #[arg(short = 'i', value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
-        interval: u64,
-        /// Number of virtual servers (must equal the number of ports).
-        #[arg(short = 'n', value_name = "N")]
-        count: u32,
-        /// The file to serve.
-        #[arg(short = 'f', value_name = "FILE")]
-        file: PathBuf,
-        /// One port per virtual server, 1024..=65535.
-        #[arg(short = 'p', value_name = "PORT", num_args = 1.., required = true, value_parser = port)]
-        ports: Vec<u16>,
-        /// Address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
-        bind: String,
-        /// Bandwidth limit of each virtual server, bytes per second.
-        #[arg(long, value_name = "BYTES_PER_SEC")]
-        rate: Option<u64>,
-    },
+    Serve(ServeArgs),
     /// List server groups and the status of each port.
     Servers,
     /// Stop virtual servers abruptly: listeners close, connections are cut.
     StopServer {
+        /// Ports of the virtual servers to stop (see `servers`). Stopping a stopped one
+        /// succeeds.
         #[arg(value_name = "PORT", num_args = 1.., required = true, value_parser = any_port)]
         ports: Vec<u16>,
     },
     /// Bring stopped virtual servers back.
     StartServer {
+        /// Ports of the virtual servers to start again. Starting a listening one succeeds.
         #[arg(value_name = "PORT", num_args = 1.., required = true, value_parser = any_port)]
         ports: Vec<u16>,
     },
@@ -93,79 +84,200 @@ pub enum Command {
     /// Download the file served at IP on PORTs into DIR (the spec's Client.py). Prints the job
     /// id; with --wait, reports progress every -i seconds and exits 0 only when DIR/NAME is
     /// complete and verified.
-    Fetch {
-        /// Resume: adopt and continue a partial download found in DIR.
-        #[arg(short = 'r')]
-        resume: bool,
-        /// Seconds between metric reports (1..=86400).
-        #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=86400))]
-        interval: u64,
-        /// Output directory (created if missing).
-        #[arg(short = 'o', value_name = "DIR")]
-        dir: PathBuf,
-        /// IP address (or host name) of the servers given with -p.
-        #[arg(short = 'a', value_name = "IP", requires = "ports")]
-        address: Option<String>,
-        /// Server ports at the -a address.
-        #[arg(short = 'p', value_name = "PORT", num_args = 1.., value_parser = any_port)]
-        ports: Vec<u16>,
-        /// More servers, each HOST:PORT (may be combined with -a/-p).
-        #[arg(long = "source", value_name = "HOST:PORT")]
-        sources: Vec<String>,
-        /// Wait for the download to end, reporting progress; exit code tells the outcome.
-        #[arg(long)]
-        wait: bool,
-        /// Replace DIR/NAME if it already exists (only a regular file of the daemon's user).
-        #[arg(long)]
-        overwrite: bool,
-        /// Pin the content to this BLAKE3 hash (64 hex digits, as `b3sum` prints it): only
-        /// servers announcing it are used, the others are blamed.
-        #[arg(long, value_name = "HEX", value_parser = digest_hex, conflicts_with = "sha256")]
-        blake3: Option<[u8; 32]>,
-        /// Pin the content to this SHA-256 (64 hex digits, as `sha256sum` prints it): the
-        /// finished file is checked before it is published under its name.
-        #[arg(long, value_name = "HEX", value_parser = digest_hex)]
-        sha256: Option<[u8; 32]>,
-    },
+    Fetch(FetchArgs),
     /// List download jobs and server groups.
     List,
     /// Show one job in full, per server.
-    Status { id: u64 },
-    /// Stream pushed updates of one job, or of everything.
-    Watch { id: Option<u64> },
-    /// Pause a job at a durable point; frees its slot in the queue.
-    Pause { id: u64 },
-    /// Continue a paused (or failed) job.
-    Resume { id: u64 },
-    /// Cancel a job and remove its partial files (unless --keep).
+    Status {
+        /// The job id printed by `fetch` (see `list`).
+        id: u64,
+    },
+    /// Follow one job until it ends (exit code as for `fetch --wait`), or stream every
+    /// update of the daemon until Ctrl-C. At a terminal progress is drawn as live bars
+    /// (without colour when NO_COLOR is set); otherwise as plain lines.
+    Watch(WatchArgs),
+    /// Pause a job at a durable point; frees its slot in the queue. Answers once the job has
+    /// stopped (pausing a paused job succeeds).
+    Pause {
+        /// The job id printed by `fetch` (see `list`).
+        id: u64,
+    },
+    /// Continue a paused (or failed) job (resuming a queued or running job succeeds).
+    Resume {
+        /// The job id printed by `fetch` (see `list`).
+        id: u64,
+    },
+    /// Cancel a job and remove its partial files (unless --keep). Answers once they are
+    /// gone (cancelling a cancelled job succeeds).
     Cancel {
+        /// The job id printed by `fetch` (see `list`).
         id: u64,
         /// Keep the partial files, so that `fetch -r` can adopt them later.
         #[arg(long)]
         keep: bool,
     },
+    /// Print the daemon's metrics in the Prometheus text format (0.0.4): per job, per job
+    /// and source, per virtual server, and daemon-wide counters. For a Prometheus server to
+    /// scrape, set `metrics_listen` in arsnetd's config (GET /metrics); this command is the
+    /// same text, e.g. for node_exporter's textfile collector or a quick look. With --json:
+    /// {"metrics": TEXT}.
+    Metrics,
     /// Stop the daemon gracefully (jobs resume on its next start).
     Shutdown,
-    /// Print a shell completion script, e.g. `arsnetctl completions bash > /etc/bash_completion.d/arsnetctl`.
+    /// Print the manual page (roff), e.g. `arsnetctl man | man -l -`, or
+    /// `arsnetctl man > /usr/local/share/man/man1/arsnetctl.1`.
+    Man,
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish), e.g.
+    /// `arsnetctl completions bash > /etc/bash_completion.d/arsnetctl`.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Demonstrate ArsNet end to end: start a private daemon, serve a test file on several
-    /// virtual servers, fetch it, stop one server half way, verify and summarise.
-    Demo {
-        /// Size of the test file in MiB.
-        #[arg(long, default_value_t = 256)]
-        size_mib: u64,
-        /// Number of virtual servers.
-        #[arg(long, default_value_t = 4)]
-        servers: u32,
-        /// Per-server bandwidth limit in bytes per second [default: sized so the demo lasts
-        /// about 8 seconds].
-        #[arg(long)]
-        rate: Option<u64>,
-        /// Keep the demo's directory (test file, download, daemon state) and print its path.
-        #[arg(long)]
-        keep: bool,
-    },
+}
+
+/// `serve`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Seconds between server status reports in the daemon log (1..=86400).
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    pub interval: u64,
+    /// Number of virtual servers (must equal the number of ports).
+    #[arg(short = 'n', value_name = "N")]
+    pub count: u32,
+    /// The file to serve.
+    #[arg(short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    /// One port per virtual server, 1024..=65535.
+    #[arg(short = 'p', value_name = "PORT", num_args = 1.., required = true, value_parser = port)]
+    pub ports: Vec<u16>,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub bind: String,
+    /// Bandwidth limit of each virtual server, per second: bytes, or with a unit as curl,
+    /// wget and aria2 read it — 512K, 5M, 1G (binary: KiB/MiB/GiB), 5MiB, 5MB (decimal),
+    /// 40Mbit (bits).
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    pub rate: Option<u64>,
+    /// Also answer plain HTTP/1.1 on every port (GET/HEAD of / or /NAME, with Range; ETag is
+    /// the file's BLAKE3), so that curl, a browser, aria2 or an ArsNet fetch's `--source
+    /// http://HOST:PORT/NAME` can pull from the group.
+    #[arg(long)]
+    pub http: bool,
+}
+
+/// `fetch`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// Resume: adopt and continue a partial download found in DIR.
+    #[arg(short = 'r')]
+    pub resume: bool,
+    /// Seconds between metric reports (1..=86400).
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    pub interval: u64,
+    /// Output directory (created if missing).
+    #[arg(short = 'o', value_name = "DIR")]
+    pub dir: PathBuf,
+    /// IP address (or host name) of the servers given with -p.
+    #[arg(short = 'a', value_name = "IP", requires = "ports")]
+    pub address: Option<String>,
+    /// Server ports at the -a address.
+    #[arg(short = 'p', value_name = "PORT", num_args = 1.., value_parser = any_port)]
+    pub ports: Vec<u16>,
+    /// More sources (may be combined with -a/-p): an ArsNet server as HOST:PORT, or an
+    /// HTTP(S) mirror as the file's URL (http://host/path/file). Beside an ArsNet server,
+    /// mirrors serve the content it announces, verified segment by segment; mirrors alone
+    /// need --blake3, --sha256 or --checksum-url (the whole file is checked before it is
+    /// published) or --no-verify, and the file takes the first URL's name. Credentials in a
+    /// URL are never shown.
+    #[arg(long = "source", value_name = "HOST:PORT|URL")]
+    pub sources: Vec<String>,
+    /// A CA certificate (PEM file) that HTTPS mirrors may chain to, besides the system's
+    /// roots (e.g. a private CA); may be repeated.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<std::path::PathBuf>,
+    /// Requests kept in flight at once on each HTTP(S) mirror, each on its own connection
+    /// (1..=16; long fat links need more than one TCP window) [default: the daemon's
+    /// `[download] mirror_connections`, 2].
+    #[arg(long, value_name = "N")]
+    pub connections_per_source: Option<u32>,
+    /// Wait for the download to end, reporting progress every -i seconds (at a terminal:
+    /// live bars per server and in total; else plain lines); the exit code tells the outcome.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: stop waiting after this long (90s, 5m, 2h; exit code 7). The job
+    /// continues in the daemon.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Replace DIR/NAME if it already exists (only a regular file of the daemon's user).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Pin the content to this BLAKE3 hash (64 hex digits, as `b3sum` prints it): only
+    /// servers announcing it are used, the others are blamed (mirrors alone: the finished
+    /// file is checked against it before it is published).
+    #[arg(long, value_name = "HEX", value_parser = digest_hex, conflicts_with = "sha256")]
+    pub blake3: Option<[u8; 32]>,
+    /// Pin the content to this SHA-256 (64 hex digits, as `sha256sum` prints it): the
+    /// finished file is checked before it is published under its name.
+    #[arg(long, value_name = "HEX", value_parser = digest_hex)]
+    pub sha256: Option<[u8; 32]>,
+    /// With HTTP mirrors alone and no pin: publish what the mirrors send, unchecked
+    /// (`status` and --json then say "not verified"). Without it such a job is refused.
+    #[arg(long, conflicts_with_all = ["blake3", "sha256", "checksum_url"])]
+    pub no_verify: bool,
+    /// Pin the content to its line in this checksum file (sha256sum or b3sum format, such
+    /// as a mirror's SHA256SUMS; the line for the first mirror URL's file name). The daemon
+    /// reads it once, when the request arrives.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["blake3", "sha256"])]
+    pub checksum_url: Option<String>,
+    /// Print nothing but errors (on stderr); the exit code still tells the outcome. Not
+    /// with --json.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `watch`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// The job to follow until it ends; without it, every update of the daemon.
+    pub id: Option<u64>,
+    /// Seconds between progress reports of the followed job (1..=86400).
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    pub interval: u64,
+    /// Stop watching after this long (90s, 5m, 2h; exit code 7). The job continues.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Print nothing but errors (on stderr); the exit code still tells the outcome. Not
+    /// with --json.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` describes every flag and argument of every command.
+    #[test]
+    fn every_argument_has_help() {
+        let mut missing = Vec::new();
+        let root = super::Cli::command();
+        let mut commands = vec![(String::from("arsnetctl"), root.clone())];
+        commands.extend(
+            root.get_subcommands()
+                .map(|c| (format!("arsnetctl {}", c.get_name()), c.clone())),
+        );
+        for (name, command) in &commands {
+            if command.get_about().is_none() {
+                missing.push(format!("{name} (the command itself)"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{name} {id}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -17,6 +17,10 @@ pub enum Exit {
     JobCancelled = 5,
     /// The download was paused while `--wait` was waiting on it.
     JobPaused = 6,
+    /// `--timeout` passed before the job ended; the job continues in the daemon.
+    Timeout = 7,
+    /// Ctrl-C while waiting; the job continues in the daemon.
+    Interrupted = 130,
 }
 
 impl From<Exit> for ExitCode {
@@ -41,10 +45,21 @@ impl Failure {
     }
 }
 
-impl From<arsnetd::client::ClientError> for Failure {
-    fn from(e: arsnetd::client::ClientError) -> Self {
-        use arsnetd::client::ClientError;
+impl From<arsnet_client::ClientError> for Failure {
+    fn from(e: arsnet_client::ClientError) -> Self {
+        use arsnet_client::ClientError;
         match e {
+            ClientError::Unreachable { path, source }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Failure::new(
+                    Exit::Unreachable,
+                    format!(
+                        "not allowed to use the control socket {} ({source}): the daemon serves its own user, root and members of its control_group",
+                        path.display()
+                    ),
+                )
+            }
             ClientError::Unreachable { path, source } => Failure::new(
                 Exit::Unreachable,
                 format!(
@@ -55,6 +70,7 @@ impl From<arsnetd::client::ClientError> for Failure {
             // Not our daemon: as good as none, and nothing was sent to it.
             e @ ClientError::Untrusted { .. } => Failure::new(Exit::Unreachable, e.to_string()),
             ClientError::Frame(e) => Failure::new(Exit::Unreachable, format!("lost connection to arsnetd: {e}")),
+            e @ ClientError::NoAnswer(_) => Failure::new(Exit::Unreachable, e.to_string()),
             ClientError::Daemon(e) => Failure::new(Exit::Refused, e.message),
         }
     }

@@ -1,9 +1,9 @@
 //! Human-readable output: tables for jobs and server groups, one progress block per update.
 //! `--json` bypasses all of this.
 
-pub use arsnet_engine::{human_bytes as bytes, human_rate as rate};
-use arsnet_engine::{human_bytes, human_rate};
 use arsnet_proto::control::{GroupInfo, JobInfo, JobState};
+pub use arsnet_proto::units::{human_bytes as bytes, human_rate as rate};
+use arsnet_proto::units::{human_bytes, human_rate};
 
 /// "  (why)" after a table row, or nothing.
 fn detail_suffix(detail: &str) -> String {
@@ -80,7 +80,7 @@ pub fn groups_table(groups: &[GroupInfo]) -> String {
             out.push_str(&format!(
                 "    {:<6} {:<10} {:>5}  {:>8}  {:>10}  {:>12}{}\n",
                 p.port,
-                p.state,
+                p.state.label(),
                 p.connections,
                 p.segments_sent,
                 human_bytes(p.bytes_sent),
@@ -118,6 +118,9 @@ pub fn job_detail(info: &JobInfo) -> String {
             String::new()
         },
     ));
+    if info.verification == arsnet_proto::control::Verification::None {
+        out.push_str("  content: NOT verified (--no-verify)\n");
+    }
     if let (Some(name), Some(content)) = (&info.name, &info.content) {
         // The same digest `b3sum DIR/NAME` prints once the file is complete.
         out.push_str(&format!(
@@ -130,7 +133,7 @@ pub fn job_detail(info: &JobInfo) -> String {
         out.push_str(&format!(
             "  {:<22} {:<10} {:>12} {:>12}  {:>8}  {:>8}{}\n",
             s.address,
-            s.state,
+            s.state.label(),
             human_rate(s.rate_bps),
             human_bytes(s.bytes),
             s.segments,
@@ -139,4 +142,59 @@ pub fn job_detail(info: &JobInfo) -> String {
         ));
     }
     out
+}
+
+/// A duration as people write it: "90s", "5m", "2h 30m".
+pub fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m{}", secs / 60, nonzero(secs % 60, "s")),
+        _ => format!("{}h{}", secs / 3600, nonzero(secs % 3600 / 60, "m")),
+    }
+}
+
+fn nonzero(n: u64, unit: &str) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" {n}{unit}")
+    }
+}
+
+/// The last line of a successful `fetch --wait`: where the file is, and what it was
+/// verified against.
+pub fn completed_line(info: &JobInfo, pinned_sha256: bool) -> String {
+    use arsnet_proto::control::Verification;
+    let path = info.name.as_deref().map_or_else(
+        || info.dir.display().to_string(),
+        |n| info.dir.join(n).display().to_string(),
+    );
+    let size = info.size.map(human_bytes).unwrap_or_else(|| "?".into());
+    let blake3 = info
+        .content
+        .as_ref()
+        .map_or_else(|| "?".into(), arsnet_proto::manifest::to_hex);
+    let sha = if pinned_sha256 {
+        ", and against the pinned SHA-256"
+    } else {
+        ""
+    };
+    match info.verification {
+        Verification::Segments => {
+            format!("saved {path} ({size}), verified: every segment against BLAKE3 {blake3}{sha}")
+        }
+        // The content shown for a job of mirrors is its BLAKE3 pin; without one, the pin
+        // (given, or read from --checksum-url) was a SHA-256.
+        Verification::WholeFile if info.content.is_none() => {
+            format!("saved {path} ({size}), verified: the whole file against the pinned SHA-256")
+        }
+        Verification::WholeFile => {
+            format!("saved {path} ({size}), verified: the whole file against the pinned BLAKE3 {blake3}")
+        }
+        Verification::None => format!(
+            "saved {path} ({size}), NOT verified (--no-verify: the mirrors' bytes, unchecked)"
+        ),
+    }
 }

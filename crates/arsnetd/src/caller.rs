@@ -13,7 +13,7 @@ use arsnet_proto::control::{ControlError, ErrorKind};
 
 use arsnet_store::dir::{file_id, FileId};
 
-use crate::control::access::own_uid;
+use arsnet_client::paths::own_uid;
 
 /// The peer of a control connection, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

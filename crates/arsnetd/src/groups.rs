@@ -2,27 +2,16 @@
 //! `servers`, their persistence and restore, and their status pushed to watchers every `-i`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use arsnet_engine::server::{validate_ports, GroupConfig, ServeError, ServerGroup};
+use arsnet_engine::server::{GroupConfig, ServeError, ServerGroup};
 use arsnet_proto::control::{ControlError, ErrorKind, GroupId, GroupInfo, ServeSpec, Update};
 use arsnet_store::dir::FileId;
 use tracing::warn;
 
-use crate::daemon::Daemon;
+use arsnet_proto::request::interval;
+
 use crate::persist::GroupRecord;
-
-/// Longest status or metric interval (a day): keeps timer arithmetic far from overflow.
-pub(crate) const MAX_INTERVAL_SECS: u64 = 86_400;
-
-pub(crate) struct GroupEntry {
-    pub spec: ServeSpec,
-    pub group: Arc<ServerGroup>,
-    /// For a group served for a caller other than the daemon's user: the (device, inode) of
-    /// the file that caller opened. The group serves that file or nothing, also after a
-    /// restart.
-    pub file_identity: Option<FileId>,
-}
+use crate::state::{Daemon, GroupEntry};
 
 fn serve_error(e: ServeError) -> ControlError {
     let kind = match e {
@@ -40,39 +29,22 @@ fn group_config(daemon: &Daemon, spec: &ServeSpec, expect_file: Option<FileId>) 
         ports: spec.ports.clone(),
         bind: spec.bind.clone(),
         rate: spec.rate,
-        status_interval: Duration::from_secs(spec.status_interval_secs.clamp(1, MAX_INTERVAL_SECS)),
-        segment_size: daemon.config.segment_size,
+        status_interval: interval(spec.status_interval_secs),
+        segment_size: daemon.config().segment_size,
         cache_dir: Some(daemon.state_dir.join("digests")),
         expect_file,
+        http: spec.http,
     }
 }
 
 /// `serve`: validates, hashes, binds every port; all or nothing.
 pub(crate) async fn serve(
     daemon: &Arc<Daemon>,
-    mut spec: ServeSpec,
+    spec: ServeSpec,
     file_identity: Option<FileId>,
 ) -> Result<GroupId, ControlError> {
-    validate_ports(spec.count, &spec.ports).map_err(serve_error)?;
-    if !(1..=MAX_INTERVAL_SECS).contains(&spec.status_interval_secs) {
-        return Err(ControlError::new(
-            ErrorKind::BadRequest,
-            format!("-i must be 1..={MAX_INTERVAL_SECS} seconds"),
-        ));
-    }
-    if spec.rate == Some(0) {
-        return Err(ControlError::new(
-            ErrorKind::BadRequest,
-            "--rate must be at least 1 byte per second",
-        ));
-    }
-    // Relative paths would mean the daemon's working directory: make them absolute here.
-    spec.file = std::path::absolute(&spec.file).map_err(|e| {
-        ControlError::new(
-            ErrorKind::BadRequest,
-            format!("file {}: {e}", spec.file.display()),
-        )
-    })?;
+    spec.validate()
+        .map_err(|e| ControlError::new(ErrorKind::BadRequest, e.to_string()))?;
     let id = {
         let mut inner = daemon.lock();
         for (gid, entry) in &inner.groups {
@@ -121,9 +93,7 @@ fn spawn_status_pusher(daemon: &Arc<Daemon>, group: &Arc<ServerGroup>, interval_
     let group_weak = Arc::downgrade(group);
     let shutdown = daemon.shutdown.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(
-            interval_secs.clamp(1, MAX_INTERVAL_SECS),
-        ));
+        let mut tick = tokio::time::interval(interval(interval_secs));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -182,6 +152,13 @@ pub(crate) async fn remove(daemon: &Daemon, id: GroupId) -> Result<(), ControlEr
         let unrestored = inner.unrestored_groups.len();
         inner.unrestored_groups.retain(|g| g.id != id);
         let removed = inner.groups.remove(&id);
+        // Its ports' counters go with it; the daemon's served-bytes counter must not.
+        if let Some(entry) = &removed {
+            let sent: u64 = entry.group.info().ports.iter().map(|p| p.bytes_sent).sum();
+            let totals = &mut inner.totals;
+            totals.served_bytes_of_removed_groups =
+                totals.served_bytes_of_removed_groups.saturating_add(sent);
+        }
         if removed.is_none() && inner.unrestored_groups.len() == unrestored {
             return Err(ControlError::new(
                 ErrorKind::NotFound,
@@ -232,7 +209,12 @@ pub(crate) async fn restore_groups(daemon: &Arc<Daemon>, records: Vec<GroupRecor
         match restored {
             Ok(group) => {
                 spawn_status_pusher(daemon, &group, record.spec.status_interval_secs);
-                for port in group.info().ports.iter().filter(|p| p.state == "failed") {
+                for port in group
+                    .info()
+                    .ports
+                    .iter()
+                    .filter(|p| p.state == arsnet_proto::control::PortState::Failed)
+                {
                     warn!(group = record.id, port = port.port, reason = %port.detail, "restored port failed to listen");
                 }
                 daemon.lock().groups.insert(

@@ -3,8 +3,52 @@
 
 use clap::Parser;
 
+/// `--man`: the manual page from the same definition as `--help`.
+fn print_man() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut page = Vec::new();
+    let rendered = clap_mangen::Man::new(arsnetd::Args::command()).render(&mut page);
+    match rendered.and_then(|()| std::io::stdout().write_all(&page)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arsnetd: cannot print the manual: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The signals the daemon acts on, made deliverable from its first line.
+///
+/// SIGHUP's default is to terminate. Until the daemon listens for it (after the lock, the
+/// saved state and the socket), one sent by a service manager or a config tool must not kill
+/// it: ignored until then (the configuration was only just read anyway). Setting SIG_IGN
+/// also discards one already pending.
+///
+/// A signal mask is inherited across exec: a daemon started by a parent that blocked
+/// SIGHUP, SIGTERM or SIGINT would never reload or stop. They are unblocked here, after
+/// SIGHUP is ignored, so that a pending one cannot kill either.
+fn take_signals() {
+    // SAFETY: SIG_IGN as a disposition and a mask built by sigemptyset/sigaddset have no
+    // preconditions; nothing else runs yet (no other thread exists).
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    take_signals();
     let args = arsnetd::Args::parse();
+    if args.man {
+        return print_man();
+    }
     let config = match arsnetd::Config::load(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -12,6 +56,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.check_config {
+        let source = args.config.as_ref().map_or_else(
+            || "flags, environment and defaults".to_string(),
+            |p| p.display().to_string(),
+        );
+        eprintln!("arsnetd: configuration OK ({source}); in effect:");
+        print!("{}", config.to_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +75,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(arsnetd::run(config));
+    let result = runtime.block_on(arsnetd::run(config, arsnetd::Origin::new(args)));
     // Blocking work still running (hashing a huge file, re-verifying a journal) must not
     // hold the exit hostage: everything durable was saved before `run` returned.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

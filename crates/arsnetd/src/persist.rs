@@ -35,6 +35,21 @@ pub struct JobRecord {
     /// What a caller other than the daemon's user proved about the download directory.
     #[serde(default)]
     pub grant: Option<crate::caller::DirGrant>,
+    /// The figures of the job's last run, so that `status` and `list` show them after a
+    /// restart too.
+    #[serde(default)]
+    pub figures: Option<Figures>,
+}
+
+/// What a job's last run reached (see [`JobRecord::figures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub size: Option<u64>,
+    pub segments_total: Option<u64>,
+    pub segments_done: u64,
+    pub bytes_done: u64,
+    pub adopted_segments: u64,
+    pub elapsed_ms: u64,
 }
 
 /// One server group as persisted.
@@ -87,20 +102,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
         let path = path.to_path_buf();
         move |error| SaveError { path, step, error }
     };
-    let written = File::create(&tmp)
-        .map_err(fail(format!("creating {}", tmp.display())))
-        .and_then(|mut f| {
-            f.write_all(bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(fail(format!("writing {}", tmp.display())))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(fail(format!(
-                "renaming {} to {}",
-                tmp.display(),
-                path.display()
-            )))
-        });
+    // 0600 whatever the umask and whatever a stale temp file had: the state holds mirror
+    // URLs with their credentials.
+    let written = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|f| {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map(|()| f)
+            })
+    }
+    .map_err(fail(format!("creating {}", tmp.display())))
+    .and_then(|mut f: File| {
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(fail(format!("writing {}", tmp.display())))
+    })
+    .and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(fail(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))
+    });
     if let Err(e) = written {
         // A half-written temp file is of no use to anyone; the real file is untouched.
         let _ = std::fs::remove_file(&tmp);

@@ -1,160 +1,46 @@
 //! The download job driver: owns the pure scheduler, turns its actions into connections,
-//! requests and cancels, feeds it what the connections report, hands verified segments to
-//! the writer and publishes a live `JobInfo` snapshot. All decisions live in
-//! `arsnet-sched`; this loop only moves events and bytes.
+//! requests and cancels, feeds it what the sources report, hands verified segments to the
+//! writer and publishes a [`Progress`] snapshot. All decisions live in `arsnet-sched`; this
+//! loop only moves events and bytes, and wakes when the scheduler's next deadline is due.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::{JobId, JobInfo, JobState, Pin, SourceInfo};
-use arsnet_proto::manifest::to_hex;
-use arsnet_proto::{Digest, JobTag, Manifest};
+use arsnet_proto::control::Pin;
+use arsnet_proto::{JobTag, Manifest};
 use arsnet_sched::{
-    Action, Config as SchedConfig, ConnId, ContentVotes, Layout, Phase, Scheduler, SegmentVerdict,
-    ServerState,
+    Action, Config as SchedConfig, ConnId, ContentVotes, FailReason, Layout, Phase, Scheduler,
+    SegmentVerdict, ServerEnd,
 };
 use arsnet_store::dir::Dir;
-use arsnet_store::{Adopted, DownloadStore, Found, StoreError};
+use arsnet_store::{Adopted, DownloadStore};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::buffers::BufferPool;
-use super::connection::{spawn_connection, ConnCommand, ConnContext, ConnEvent, ConnHandle};
-use super::writer::{spawn_writer, WriteMsg, WriteReport, WriterConfig};
-use crate::rate::RateMeter;
-use crate::{human_bytes, human_rate};
+use super::end_check::Mismatch;
+use super::error::{ContentVote, DownloadError, Outcome, SourceFailure};
+use super::http_client;
+use super::identity::{layout_of, Claim, Manifests};
+use super::progress::{log_metrics, sources_info, Activity, Meter, Progress};
+use super::repair::{self, Referees};
+use super::source::{self, SourceCommand, SourceContext, SourceError, SourceEvent, SourceHandle};
+use super::spec::{DownloadSpec, JobCommand};
+use super::storage::{self, Opened, Resumed};
+use super::writer::{spawn_writer, Finish, WriteMsg, WriteReport, WriterConfig};
 
-/// Tuning of a download job (defaults suit loopback and LAN alike).
-#[derive(Debug, Clone)]
-pub struct DownloadConfig {
-    pub pipeline_depth: usize,
-    pub stall_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// Segments written between two durability points (fdatasync + journal fsync).
-    pub commit_batch: usize,
-    /// Longest time a written segment waits before it is made durable.
-    pub commit_interval: Duration,
-    /// How often the job logs its per-server metrics (the spec's client `-i`).
-    pub metric_interval: Duration,
-}
+/// How often the snapshot is refreshed for watchers. A UI cadence: no scheduling decision
+/// waits for it (those wake at the scheduler's own deadline).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
-impl Default for DownloadConfig {
-    fn default() -> Self {
-        DownloadConfig {
-            pipeline_depth: 4,
-            stall_timeout: Duration::from_secs(15),
-            connect_timeout: Duration::from_secs(10),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            commit_batch: 32,
-            commit_interval: Duration::from_millis(500),
-            metric_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Called with the file name and accepted content (BLAKE3) before the job writes anything
-/// in DIR, and must have saved them when it returns: so that after any crash the job knows
-/// which files and which content are its own. An error fails the job before any write.
-#[derive(Clone)]
-pub struct ContentHook(pub Arc<RecordContent>);
-
-/// The function behind a [`ContentHook`]: file name, content BLAKE3 → saved, or why not.
-pub type RecordContent = dyn Fn(&str, &Digest) -> Result<(), String> + Send + Sync;
-
-impl std::fmt::Debug for ContentHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ContentHook")
-    }
-}
-
-/// What to download, where.
-#[derive(Debug, Clone)]
-pub struct DownloadSpec {
-    pub id: JobId,
-    pub dir: PathBuf,
-    /// "host:port" of every server.
-    pub sources: Vec<String>,
-    /// Adopt a partial download found in `dir`.
-    pub resume: bool,
-    /// The file name, when known from an earlier run (picks the partial to adopt).
-    pub name: Option<String>,
-    /// Replace an existing `dir/NAME`.
-    pub overwrite: bool,
-    /// The (device, inode) `dir` must be: the directory the caller proved it may write to
-    /// when it asked (`None`: the caller is the daemon's own user, and `dir` is created if
-    /// missing).
-    pub dir_identity: Option<arsnet_store::dir::FileId>,
-    /// Who the finished file is given to, `(uid, gid)`, when that is not the daemon's user.
-    pub give_to: Option<(u32, u32)>,
-    /// The requesting user when it is not the daemon's: `--overwrite` replaces only its files.
-    pub caller_uid: Option<u32>,
-    /// Saves the accepted name and content before anything is written (see [`ContentHook`]).
-    pub on_content: Option<ContentHook>,
-    /// This job's tag: its partial files carry it, and only they are adopted or removed.
-    pub tag: JobTag,
-    /// Tags of the daemon's other jobs that still own their partial files (open or failed):
-    /// never adopted. A journal with any other tag is an orphan (its job was cancelled with
-    /// --keep, or is unknown to this daemon), which `fetch -r` may continue.
-    pub foreign_tags: Vec<JobTag>,
-    /// The content the user pinned.
-    pub pin: Option<Pin>,
-    /// The content this job accepted in an earlier run (its BLAKE3): nothing else is taken.
-    pub content: Option<Digest>,
-    pub config: DownloadConfig,
-}
-
-impl DownloadSpec {
-    /// Whether partial files carrying `tag` may be adopted by this job: its own, or an
-    /// orphan's when the job already knows which content it wants (pinned or accepted
-    /// before) — the adoption then checks the journal holds that content. An orphan never
-    /// chooses the content: anyone who can write DIR could have left it there.
-    fn may_adopt(&self, tag: &JobTag) -> bool {
-        *tag == self.tag || (!self.foreign_tags.contains(tag) && self.required_content().is_some())
-    }
-
-    /// The BLAKE3 the content must have, from the job's history or the user's pin.
-    fn required_content(&self) -> Option<Digest> {
-        self.content.or(match self.pin {
-            Some(Pin::Blake3(digest)) => Some(digest),
-            _ => None,
-        })
-    }
-}
-
-/// Operator commands to a running job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobCommand {
-    /// Stop at a durable point, keeping the partial files (pause, daemon shutdown).
-    Stop,
-    /// Stop and remove the partial files unless `keep`.
-    Cancel { keep: bool },
-}
-
-/// How a job run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Completed(PathBuf),
-    Failed(String),
-    Stopped,
-    Cancelled,
-}
-
-/// Per-server bookkeeping for metrics (the scheduler keeps the scheduling state).
-struct Source {
-    address: String,
-    /// Bytes received on connections that have ended.
-    bytes_closed: u64,
-    /// Bytes of the connection that is open now.
-    bytes_open: u64,
-    meter: RateMeter,
-    last_error: String,
-}
+/// Events queued from connections at most. Small: every queued event may hold a segment
+/// buffer, and a full channel is what pushes back on the sockets when the disk is slower
+/// than the network.
+const EVENT_QUEUE: usize = 8;
 
 struct Job {
     spec: DownloadSpec,
@@ -163,9 +49,9 @@ struct Job {
     dir: Dir,
     started: Instant,
     sched: Scheduler,
-    conns: HashMap<ConnId, ConnHandle>,
-    sources: Vec<Source>,
-    ctx: ConnContext,
+    conns: HashMap<ConnId, SourceHandle>,
+    meters: Vec<Meter>,
+    ctx: SourceContext,
     manifest: Option<Arc<Manifest>>,
     writer: Option<mpsc::Sender<WriteMsg>>,
     reports: Option<mpsc::UnboundedReceiver<WriteReport>>,
@@ -176,126 +62,180 @@ struct Job {
     bytes_done: u64,
     durable: u64,
     finishing: bool,
-    /// Until when the writer's backpressure excuses silent connections from stall detection.
-    disk_busy_until: Option<Instant>,
-    info: watch::Sender<JobInfo>,
+    activity: Activity,
+    progress: watch::Sender<Progress>,
+    /// Which source delivered each segment stored in this run (see `repair`).
+    provenance: HashMap<u64, usize>,
+    /// Repair rounds run so far, and the sources they convicted (never asked again).
+    repairs: u32,
+    excluded: std::collections::BTreeMap<usize, String>,
+    /// Publishes the decided content's manifest to the connections (mirrors wait for it).
+    accepted: watch::Sender<Option<Arc<Manifest>>>,
 }
 
-fn sched_config(c: &DownloadConfig) -> SchedConfig {
+/// A scheduler for `spec`: the user's pin, and which sources are mirrors (followers), set
+/// in one place for a fresh job and a resumed one alike.
+fn scheduler_for(spec: &DownloadSpec, known: Option<(Layout, &[u64])>, now: Duration) -> Scheduler {
+    let config = sched_config(spec);
+    let servers = spec.sources.len();
+    let mut sched = match known {
+        Some((layout, done)) => Scheduler::with_layout(config, servers, layout, done, now),
+        None => Scheduler::new(config, servers, now),
+    };
+    if let Some(content) = spec.required_content() {
+        sched.pin(content);
+    }
+    // Mirrors follow the content ArsNet servers announce; alone, they vote with their size
+    // (see `Job::on_mirror_ready`).
+    for (server, source) in spec.sources.iter().enumerate() {
+        if source.is_mirror() && !spec.mirrors_only() {
+            sched.set_follower(server);
+        }
+    }
+    sched
+}
+
+fn sched_config(spec: &DownloadSpec) -> SchedConfig {
+    let c = &spec.config;
     SchedConfig {
         pipeline_depth: c.pipeline_depth,
         stall_timeout: c.stall_timeout,
-        // The connection times out each handshake step itself (a huge digest table may
-        // legitimately take long); the scheduler's limit is only a backstop.
-        handshake_timeout: Duration::from_secs(3600),
+        // The longest a source may stay silent before its header: it covers the TCP
+        // connect and every handshake frame (a long digest table reports progress frame by
+        // frame, so only silence times it out).
+        handshake_timeout: c.connect_timeout,
         backoff_initial: c.backoff_initial,
         backoff_max: c.backoff_max,
+        // A job that accepted a content in an earlier run heard from a source then: it is
+        // not one that can never succeed, so this run gives nobody up either.
+        max_tries: if spec.content.is_some() {
+            0
+        } else {
+            c.max_tries
+        },
         ..SchedConfig::default()
     }
 }
 
-fn layout_of(manifest: &Manifest) -> Layout {
-    Layout {
-        segment_count: manifest.segment_count(),
-        fingerprint: manifest.identity(),
-        content: manifest.root,
-    }
-}
-
 /// Runs one download until it completes, fails, or is stopped by `commands`. Progress is
-/// published on `info` after every change of state and every tick.
+/// published on `progress` after every change and every [`PUBLISH_INTERVAL`]; the job's
+/// state is the caller's to decide.
 pub async fn run_download(
     spec: DownloadSpec,
-    info: watch::Sender<JobInfo>,
+    progress: watch::Sender<Progress>,
     mut commands: mpsc::Receiver<JobCommand>,
 ) -> Outcome {
-    let dir = match open_dir(&spec).await {
+    let dir = match storage::open_dir(&spec).await {
         Ok(dir) => dir,
-        Err(reason) => {
-            let mut failed = info.borrow().clone();
-            failed.state = JobState::Failed(reason.clone());
-            info.send_replace(failed);
-            return Outcome::Failed(reason);
-        }
+        Err(reason) => return Outcome::Failed(reason),
     };
-    let started = Instant::now();
-    // Small bounds: every queued event may hold a segment buffer, and a full channel is what
-    // pushes back on the sockets when the disk is slower than the network.
-    let (events_tx, mut events_rx) = mpsc::channel(8);
-    let ctx = ConnContext {
-        connect_timeout: spec.config.connect_timeout,
-        events: events_tx,
-        manifests: Default::default(),
-        buffers: BufferPool::new(spec.sources.len() * 2 + 16),
+    let http = match http_client::build(&spec.ca_certs, spec.config.connect_timeout) {
+        Ok(client) => client,
+        Err(reason) => return Outcome::Failed(reason),
     };
-    let sources = spec
-        .sources
-        .iter()
-        .map(|a| Source {
-            address: a.clone(),
-            bytes_closed: 0,
-            bytes_open: 0,
-            meter: RateMeter::new(started),
-            last_error: String::new(),
-        })
-        .collect();
-    let config = sched_config(&spec.config);
-    let servers = spec.sources.len();
-    let mut sched = Scheduler::new(config.clone(), servers, Duration::ZERO);
-    if let Some(content) = spec.required_content() {
-        sched.pin(content);
-    }
-    let mut job = Job {
-        sched,
-        dir,
-        spec,
-        started,
-        conns: HashMap::new(),
-        sources,
-        ctx,
-        manifest: None,
-        writer: None,
-        reports: None,
-        adopted: 0,
-        owner_tag: None,
-        bytes_done: 0,
-        durable: 0,
-        finishing: false,
-        disk_busy_until: None,
-        info,
-    };
-    let adopted = if job.spec.resume {
-        job.adopt_partial(config).await
-    } else {
-        Ok(None)
-    };
-    let outcome = match adopted {
+    let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut job = Job::new(spec, dir, events_tx, progress, http);
+    let outcome = match job.resume().await {
         Err(reason) => Outcome::Failed(reason),
         Ok(Some(finished)) => Outcome::Completed(finished),
         Ok(None) => job.run(&mut events_rx, &mut commands).await,
     };
-    // A stopped job's final state (paused, or still running across a daemon restart) is
-    // the owner's decision, not the engine's: publish no state for it.
-    job.publish(match &outcome {
-        Outcome::Completed(_) => Some(JobState::Completed),
-        Outcome::Failed(reason) => Some(JobState::Failed(reason.clone())),
-        Outcome::Stopped => None,
-        Outcome::Cancelled => Some(JobState::Cancelled),
-    });
+    job.publish();
     outcome
 }
 
 impl Job {
+    fn new(
+        spec: DownloadSpec,
+        dir: Dir,
+        events: mpsc::Sender<SourceEvent>,
+        progress: watch::Sender<Progress>,
+        http: reqwest::Client,
+    ) -> Self {
+        let started = Instant::now();
+        let (accepted, accepted_rx) = watch::channel(None);
+        let ctx = SourceContext {
+            events,
+            manifests: Manifests::default(),
+            buffers: BufferPool::new(spec.sources.len() * 2 + 16),
+            accepted: accepted_rx,
+            http,
+            mirror_connections: spec.config.mirror_connections.max(1),
+        };
+        let meters = spec
+            .sources
+            .iter()
+            .map(|a| Meter::new(a.to_string(), started))
+            .collect();
+        let sched = scheduler_for(&spec, None, Duration::ZERO);
+        Job {
+            sched,
+            dir,
+            spec,
+            started,
+            conns: HashMap::new(),
+            meters,
+            ctx,
+            manifest: None,
+            writer: None,
+            reports: None,
+            adopted: 0,
+            owner_tag: None,
+            bytes_done: 0,
+            durable: 0,
+            finishing: false,
+            activity: Activity::Starting,
+            progress,
+            accepted,
+            provenance: HashMap::new(),
+            repairs: 0,
+            excluded: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// The scheduler's clock: time since the job started.
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// Adopts this job's partial download in DIR, if any. `Ok(Some(path))` means it had in
-    /// fact finished (a crash hit between publishing and recording "completed"). A journal
-    /// that cannot be trusted is kept aside and the download starts over.
+    /// Adopts this job's partial download in DIR when asked to resume. `Ok(Some(path))`
+    /// means it had in fact finished.
+    async fn resume(&mut self) -> Result<Option<PathBuf>, DownloadError> {
+        if !self.spec.resume {
+            return Ok(None);
+        }
+        match storage::resume(&self.spec, &self.dir).await? {
+            Resumed::Finished(path) => Ok(Some(path)),
+            Resumed::Fresh => Ok(None),
+            Resumed::Adopted(store, mut adopted) => {
+                let manifest = Arc::new(store.manifest().clone());
+                self.count_adopted(&mut adopted, &manifest);
+                self.sched = scheduler_for(
+                    &self.spec,
+                    Some((layout_of(&manifest), &adopted.segments)),
+                    self.now(),
+                );
+                self.start_writer(*store);
+                self.set_manifest(manifest);
+                Ok(None)
+            }
+        }
+    }
+
     /// Takes over what an adoption found: whose files they are, and the segments (and bytes)
-    /// already durable.
-    fn count_adopted(&mut self, adopted: &Adopted, manifest: &Manifest) {
+    /// already durable. A job of mirrors alone without a pin (`--no-verify`) keeps none of
+    /// them: nothing could show that the dump still holds what the mirrors sent (anyone who
+    /// can write DIR may have swapped it since), so everything is fetched again.
+    fn count_adopted(&mut self, adopted: &mut Adopted, manifest: &Manifest) {
+        if manifest.is_unproven() && self.spec.end_check().is_none() && !adopted.segments.is_empty()
+        {
+            info!(
+                job = self.spec.id,
+                segments = adopted.segments.len(),
+                "--no-verify: the journal's segments cannot be checked; fetching them again"
+            );
+            adopted.segments.clear();
+        }
         self.owner_tag = Some(adopted.tag);
         self.adopted = adopted.segments.len() as u64;
         self.durable = self.adopted;
@@ -306,105 +246,20 @@ impl Job {
             .sum();
     }
 
-    /// Another handle on the job's directory, for a store call on the blocking pool.
-    fn held_dir(&self) -> Result<Dir, String> {
-        self.dir.try_clone().map_err(|e| e.to_string())
-    }
-
-    async fn adopt_partial(&mut self, config: SchedConfig) -> Result<Option<PathBuf>, String> {
-        let dir = self.spec.dir.clone();
-        let tag = self.spec.tag;
-        let content = self.spec.required_content();
-        let known = self.spec.name.clone();
-        let give_to = self.spec.give_to;
-        if let (Some(name), Some(root)) = (known.clone(), self.spec.content) {
-            let d = self.held_dir()?;
-            let finished =
-                blocking(move || DownloadStore::verify_published(&d, &name, &root, &tag, give_to))
-                    .await?
-                    .map_err(|e| format!("cannot resume: {e}"))?;
-            if let Some(path) = finished {
-                info!(job = self.spec.id, path = %path.display(), "found the download already finished and verified");
-                return Ok(Some(path));
-            }
-        }
-        let name = match known {
-            Some(name) => name,
-            None => {
-                let (d, spec) = (self.held_dir()?, self.spec.clone());
-                match blocking(move || DownloadStore::find_partial(&d, &|t| spec.may_adopt(t)))
-                    .await?
-                    .map_err(|e| format!("cannot resume: {e}"))?
-                {
-                    Found::Partial(name) => name,
-                    Found::Nothing => {
-                        info!(job = self.spec.id, dir = %dir.display(), "no partial download of this job to resume; starting fresh");
-                        return Ok(None);
-                    }
-                }
-            }
-        };
-        let overwrite = self.spec.overwrite;
-        let (d, n, spec) = (self.held_dir()?, name.clone(), self.spec.clone());
-        let adopted = blocking(move || {
-            DownloadStore::adopt(d, &n, &|t| spec.may_adopt(t), content.as_ref(), overwrite)
-        })
-        .await?;
-        let (store, adopted) = match adopted {
-            Ok(adopted) => adopted,
-            Err(StoreError::NoPartial(_) | StoreError::JournalCorrupt { .. }) => {
-                // A crash while the partial files were being created (no journal yet, or a
-                // torn header): nothing verified exists, so keep the journal as evidence and
-                // start over.
-                let (d, n) = (self.held_dir()?, name.clone());
-                let kept = blocking(move || DownloadStore::set_aside(&d, &n))
-                    .await?
-                    .map_err(|e| format!("cannot resume: {e}"))?;
-                match kept {
-                    Some(path) => {
-                        warn!(job = self.spec.id, kept = %path.display(), "the journal could not be trusted; kept it aside and starting over")
-                    }
-                    None => info!(job = self.spec.id, "no journal to resume; starting over"),
-                }
-                return Ok(None);
-            }
-            Err(e) => return Err(format!("cannot resume: {e}")),
-        };
-        let manifest = Arc::new(store.manifest().clone());
-        info!(
-            job = self.spec.id,
-            file = %manifest.name,
-            adopted = adopted.segments.len(),
-            rejected = adopted.rejected.len(),
-            ignored_tail_bytes = adopted.ignored_tail_bytes,
-            total = manifest.segment_count(),
-            "adopted segments from the journal"
-        );
-        if !adopted.rejected.is_empty() {
-            warn!(job = self.spec.id, segments = ?adopted.rejected, "journaled segments failed re-verification and will be fetched again");
-        }
-        if adopted.tag != self.spec.tag {
-            info!(
-                job = self.spec.id,
-                "continuing partial files no other job owns; this job owns them now"
-            );
-        }
-        self.count_adopted(&adopted, &manifest);
-        self.sched = Scheduler::with_layout(
-            config,
-            self.spec.sources.len(),
-            layout_of(&manifest),
-            &adopted.segments,
-            Duration::ZERO,
-        );
-        self.start_writer(store);
-        self.set_manifest(manifest);
-        Ok(None)
-    }
-
     /// Records the accepted manifest and shares it with connections (one digest table).
+    /// Mirrors whose file cannot be this content are refused with the reason.
     fn set_manifest(&mut self, manifest: Arc<Manifest>) {
         let manifest = self.ctx.manifests.insert(manifest);
+        let now = self.now();
+        let refused: Vec<(ConnId, String)> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, h)| Some((conn, h.claim.as_ref()?.contradicts(&manifest)?)))
+            .collect();
+        for (conn, reason) in refused {
+            self.sched.on_refused(now, conn, reason);
+        }
+        self.accepted.send_replace(Some(manifest.clone()));
         self.manifest = Some(manifest);
     }
 
@@ -423,56 +278,34 @@ impl Job {
 
     async fn run(
         &mut self,
-        events: &mut mpsc::Receiver<ConnEvent>,
+        events: &mut mpsc::Receiver<SourceEvent>,
         commands: &mut mpsc::Receiver<JobCommand>,
     ) -> Outcome {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_log = Instant::now();
         let mut commands_open = true;
+        self.activity = Activity::Transferring;
         loop {
-            if let Err(reason) = self.execute_actions() {
+            if let Err(reason) = self.advance().await {
                 return self.abort(reason).await;
             }
-            if let Err(reason) = self.open_store_once_decided().await {
-                return self.abort(reason).await;
-            }
-            match self.sched.phase() {
-                Phase::Complete if !self.finishing => {
-                    if let Err(reason) = self.finish().await {
-                        return self.abort(reason).await;
-                    }
-                }
-                Phase::Failed(reason) => return self.abort(reason).await,
-                Phase::Disagreement(votes) => {
-                    let reason = disagreement(&votes, &self.sources);
-                    return self.abort(reason).await;
-                }
-                _ => {}
-            }
+            let deadline = self
+                .sched
+                .next_deadline()
+                .map(|d| tokio::time::Instant::from_std(self.started) + d);
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
                 Some(event) = events.recv() => {
                     if let Err(reason) = self.on_event(event).await {
                         return self.abort(reason).await;
                     }
                 }
-                report = recv_report(&mut self.reports) => match report {
-                    Some(WriteReport::Durable(n)) => self.durable += n,
-                    Some(WriteReport::Finished(path)) => {
-                        info!(job = self.spec.id, path = %path.display(), secs = self.started.elapsed().as_secs_f32(), "download complete and verified");
-                        return Outcome::Completed(path);
+                report = recv_report(&mut self.reports) => {
+                    if let Some(outcome) = self.on_report(report).await {
+                        return outcome;
                     }
-                    Some(WriteReport::Failed(reason)) => {
-                        self.reports = None;
-                        self.writer = None;
-                        return self.abort(format!("storage error: {reason}")).await;
-                    }
-                    Some(WriteReport::Closed) | None => {
-                        self.reports = None;
-                        self.writer = None;
-                        return self.abort("storage writer stopped unexpectedly".into()).await;
-                    }
-                },
+                }
                 // Once finalizing, the file is about to appear: let it, rather than report a
                 // pause or cancel of a download that in fact completed.
                 command = commands.recv(), if commands_open && !self.finishing => match command {
@@ -480,185 +313,275 @@ impl Job {
                     Some(JobCommand::Cancel { keep }) => return self.stop(!keep, Outcome::Cancelled).await,
                     None => commands_open = false,
                 },
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    // Progress first: a connection that moved bytes since the last sample is
+                    // not silent, whatever its deadline said.
                     self.sample_progress();
-                    let now = self.now();
-                    self.sched.on_tick(now);
-                    self.publish(None);
+                    self.sched.on_tick(self.now());
+                }
+                _ = publish.tick() => {
+                    self.sample_progress();
+                    self.publish();
                     if last_log.elapsed() >= self.spec.config.metric_interval {
                         last_log = Instant::now();
-                        self.log_metrics();
+                        log_metrics(self.spec.id, &self.snapshot());
                     }
                 }
             }
         }
     }
 
-    fn execute_actions(&mut self) -> Result<(), String> {
+    /// Carries out what the scheduler decided, creates the store once the content is
+    /// decided, and acts on the job's phase.
+    async fn advance(&mut self) -> Result<(), DownloadError> {
+        self.execute_actions();
+        self.open_store_once_decided().await?;
+        match self.sched.phase() {
+            Phase::Complete if !self.finishing => self.finish().await,
+            Phase::Failed(reason) => Err(self.failure(reason)),
+            Phase::Disagreement(votes) => Err(self.disagreement(&votes)),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the writer said; `Some` ends the job.
+    async fn on_report(&mut self, report: Option<WriteReport>) -> Option<Outcome> {
+        match report {
+            Some(WriteReport::Durable(n)) => {
+                self.durable += n;
+                None
+            }
+            Some(WriteReport::CheckFailed(mismatch)) => match self.repair(*mismatch).await {
+                Ok(()) => None,
+                Err(reason) => Some(self.abort(reason).await),
+            },
+            Some(WriteReport::Finished(path)) => {
+                let checked = match (
+                    self.manifest.as_ref().is_some_and(|m| m.is_unproven()),
+                    self.spec.end_check(),
+                ) {
+                    (true, None) => "NOT verified (--no-verify)",
+                    _ => "verified",
+                };
+                info!(job = self.spec.id, path = %path.display(), secs = self.started.elapsed().as_secs_f32(), checked, "download complete");
+                Some(Outcome::Completed(path))
+            }
+            Some(WriteReport::Failed(reason)) => {
+                self.reports = None;
+                self.writer = None;
+                Some(self.abort(DownloadError::Storage(reason)).await)
+            }
+            Some(WriteReport::Closed) | None => {
+                self.reports = None;
+                self.writer = None;
+                Some(self.abort(DownloadError::WriterStopped).await)
+            }
+        }
+    }
+
+    fn execute_actions(&mut self) {
         while let Some(action) = self.sched.poll_action() {
             match action {
                 Action::Connect { server, conn } => {
-                    let Some(source) = self.sources.get(server) else {
+                    let Some(addr) = self.spec.sources.get(server) else {
                         continue;
                     };
-                    let handle =
-                        spawn_connection(server, conn, source.address.clone(), self.ctx.clone());
+                    let handle = source::spawn(server, conn, addr, &self.ctx);
                     self.conns.insert(conn, handle);
+                    // A new attempt: the last connection's note no longer describes it.
+                    if let Some(meter) = self.meters.get_mut(server) {
+                        meter.last_error.clear();
+                    }
                 }
-                Action::Request { conn, segment } => self.send(conn, ConnCommand::Request(segment)),
-                Action::Cancel { conn, segment } => self.send(conn, ConnCommand::Cancel(segment)),
+                Action::Request { conn, segment } => {
+                    self.send(conn, SourceCommand::Request(segment))
+                }
+                Action::Cancel { conn, segment } => self.send(conn, SourceCommand::Cancel(segment)),
                 Action::Disconnect { conn, reason } => {
                     if let Some(handle) = self.conns.remove(&conn) {
                         let reason = format!("{reason:?}");
-                        warn!(job = self.spec.id, server = %self.sources[handle.server].address, %reason, "dropping connection");
+                        warn!(job = self.spec.id, server = %self.meters[handle.server].address, %reason, "dropping connection");
                         self.close_conn(handle, reason);
                     }
                 }
             }
         }
-        Ok(())
     }
 
-    fn send(&mut self, conn: ConnId, command: ConnCommand) {
+    fn send(&mut self, conn: ConnId, command: SourceCommand) {
         if let Some(handle) = self.conns.get(&conn) {
             // A closed channel means the connection is ending; its Closed event follows.
             let _ = handle.commands.send(command);
         }
     }
 
-    fn close_conn(&mut self, handle: ConnHandle, error: String) {
-        if let Some(source) = self.sources.get_mut(handle.server) {
-            source.bytes_closed += handle.received.load(Ordering::Relaxed);
-            source.bytes_open = 0;
-            source.last_error = error;
+    fn close_conn(&mut self, handle: SourceHandle, error: String) {
+        if let Some(meter) = self.meters.get_mut(handle.server) {
+            meter.bytes_closed += handle.counters.payload.load(Ordering::Relaxed);
+            meter.bytes_open = 0;
+            meter.last_error = error;
         }
         // Dropping the handle aborts the task.
     }
 
-    async fn on_event(&mut self, event: ConnEvent) -> Result<(), String> {
+    async fn on_event(&mut self, event: SourceEvent) -> Result<(), DownloadError> {
         let now = self.now();
         match event {
-            ConnEvent::Header { conn, manifest } => {
-                // A header from a connection already dropped (e.g. handshake timeout) must
+            SourceEvent::Ready { conn, claim } => {
+                // A claim from a connection already dropped (e.g. handshake timeout) must
                 // not decide anything, least of all what the store is created for.
-                if !self.conns.contains_key(&conn) {
+                let Some(handle) = self.conns.get_mut(&conn) else {
                     return Ok(());
+                };
+                // Kept until the content is decided: the store is created from the
+                // manifest of a source that serves the winning content.
+                handle.claim = Some(claim.clone());
+                match claim.layout() {
+                    Some(layout) => self.sched.on_header(now, conn, layout),
+                    None => self.on_mirror_ready(now, conn, &claim),
                 }
-                let layout = layout_of(&manifest);
-                if let Some(handle) = self.conns.get_mut(&conn) {
-                    // Kept until the content is decided: the store is created from the
-                    // manifest of a server that serves the winning content.
-                    handle.manifest = Some(manifest);
-                }
-                self.sched.on_header(now, conn, layout);
             }
-            ConnEvent::Segment {
+            SourceEvent::Segment {
                 conn,
                 segment,
                 data,
                 verified,
-            } => {
-                let server = self.conns.get(&conn).map(|h| h.server);
-                if !verified {
-                    if let Some(server) = server {
-                        warn!(job = self.spec.id, server = %self.sources[server].address, segment, "segment failed verification; blaming server");
-                    }
-                }
-                if let SegmentVerdict::Store = self.sched.on_segment(now, conn, segment, verified) {
-                    self.bytes_done += data.len() as u64;
-                    let Some(writer) = self.writer.as_ref() else {
-                        return Err(self.writer_failure().await);
-                    };
-                    let waited = Instant::now();
-                    let sent = writer.send(WriteMsg::Segment { segment, data }).await;
-                    if waited.elapsed() > Duration::from_millis(100) {
-                        // The disk, not the servers, held things up: connections that sent
-                        // nothing meanwhile were blocked by us, not stalled.
-                        self.disk_busy_until =
-                            Some(Instant::now() + self.spec.config.stall_timeout);
-                    }
-                    if sent.is_err() {
-                        self.writer = None;
-                        return Err(self.writer_failure().await);
-                    }
-                } else {
-                    self.ctx.buffers.give(data);
-                }
-            }
-            ConnEvent::Cancelled { conn, segment } => self.sched.on_cancelled(now, conn, segment),
-            ConnEvent::Closed { conn, error } => {
+            } => self.on_segment(conn, segment, data, verified).await?,
+            SourceEvent::Cancelled { conn, segment } => self.sched.on_cancelled(now, conn, segment),
+            SourceEvent::Closed { conn, error } => {
                 if let Some(handle) = self.conns.remove(&conn) {
-                    info!(job = self.spec.id, server = %self.sources[handle.server].address, %error, "connection lost");
+                    // "Busy" (code 5) comes from a server that works but is full: retried
+                    // with backoff like any lost connection, never given up.
+                    if let SourceError::Server {
+                        code: arsnet_proto::wire::ErrorCode::Internal,
+                        ..
+                    } = &error
+                    {
+                        self.sched.on_answered(conn);
+                    }
+                    // An HTTP status is an answer too: the mirror is there, just not
+                    // serving now (and it may say when to come back).
+                    let retry_after = match &error {
+                        SourceError::HttpStatus { retry_after, .. } => {
+                            self.sched.on_answered(conn);
+                            retry_after.map(Duration::from_secs)
+                        }
+                        _ => None,
+                    };
+                    let blames = error.blames_source();
+                    let error = error.to_string();
+                    info!(job = self.spec.id, server = %self.meters[handle.server].address, %error, "connection lost");
                     self.close_conn(handle, error.clone());
-                    self.sched.on_disconnected(now, conn, &error);
+                    match retry_after {
+                        None if blames => self.sched.on_refused(now, conn, error),
+                        Some(delay) => self
+                            .sched
+                            .on_disconnected_retry_after(now, conn, &error, delay),
+                        None => self.sched.on_disconnected(now, conn, &error),
+                    }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A mirror finished its handshake. In a job with ArsNet servers it follows the decided
+    /// content, if its file can be it. In a job of mirrors alone its file's size is its
+    /// vote: a layout with no identity (`Manifest::unproven`), elected like a server's header
+    /// (a strict majority of those that answer), the whole file checked against the pin.
+    fn on_mirror_ready(&mut self, now: Duration, conn: ConnId, claim: &Claim) {
+        if let Some(reason) = self.manifest.as_ref().and_then(|m| claim.contradicts(m)) {
+            self.sched.on_refused(now, conn, reason);
+            return;
+        }
+        let (true, Claim::Mirror(file)) = (self.spec.mirrors_only(), claim) else {
+            self.sched.on_follower_ready(now, conn);
+            return;
+        };
+        let name = self.spec.mirror_file_name();
+        let unproven = name
+            .ok_or_else(|| "the mirror URL names no file to save under".to_string())
+            .and_then(|n| {
+                Manifest::unproven(n, file.size)
+                    .map_err(|e| format!("its file cannot be fetched: {e}"))
+            });
+        match unproven {
+            Ok(manifest) => {
+                let manifest = Arc::new(manifest);
+                let layout = layout_of(&manifest);
+                if let Some(handle) = self.conns.get_mut(&conn) {
+                    // Kept like a server's manifest: the store is created from the winner's.
+                    handle.claim = Some(Claim::Manifest(manifest));
+                }
+                self.sched.on_header(now, conn, layout);
+            }
+            Err(reason) => self.sched.on_refused(now, conn, reason),
+        }
+    }
+
+    async fn on_segment(
+        &mut self,
+        conn: ConnId,
+        segment: u64,
+        data: Vec<u8>,
+        verified: bool,
+    ) -> Result<(), DownloadError> {
+        if !verified {
+            if let Some(handle) = self.conns.get(&conn) {
+                warn!(job = self.spec.id, server = %self.meters[handle.server].address, segment, "segment failed verification; blaming server");
+            }
+        }
+        let now = self.now();
+        if self.sched.on_segment(now, conn, segment, verified) != SegmentVerdict::Store {
+            self.ctx.buffers.give(data);
+            return Ok(());
+        }
+        self.bytes_done += data.len() as u64;
+        if let Some(handle) = self.conns.get(&conn) {
+            self.provenance.insert(segment, handle.server);
+        }
+        let Some(writer) = self.writer.clone() else {
+            return Err(self.writer_failure().await);
+        };
+        let sent = match writer.try_send(WriteMsg::Segment { segment, data }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => {
+                // The disk is behind: until it takes this segment the job reads no
+                // connection, and the scheduler must not take that silence for a stall.
+                self.sched.on_storage_busy(self.now());
+                let sent = writer.send(msg).await.map_err(|_| ());
+                self.sched.on_storage_ready(self.now());
+                sent
+            }
+            Err(TrySendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
+            self.writer = None;
+            return Err(self.writer_failure().await);
         }
         Ok(())
     }
 
     /// Why the writer stopped (it always reports before it goes), as the job's failure.
-    async fn writer_failure(&mut self) -> String {
+    async fn writer_failure(&mut self) -> DownloadError {
         let Some(reports) = self.reports.as_mut() else {
-            return "storage writer stopped unexpectedly".into();
+            return DownloadError::WriterStopped;
         };
         while let Some(report) = reports.recv().await {
             match report {
                 WriteReport::Durable(n) => self.durable += n,
-                WriteReport::Failed(reason) => return format!("storage error: {reason}"),
-                WriteReport::Closed | WriteReport::Finished(_) => break,
+                WriteReport::Failed(reason) => return DownloadError::Storage(reason),
+                WriteReport::Closed | WriteReport::Finished(_) | WriteReport::CheckFailed(_) => {
+                    break
+                }
             }
         }
-        "storage writer stopped unexpectedly".into()
-    }
-
-    /// `fetch -r` found partial files it could not take before the content was known (an
-    /// orphan's): now that a pin or the servers' majority decided it, continue them if they
-    /// are that very download, else say how to proceed.
-    async fn adopt_after_election(
-        &mut self,
-        manifest: &Arc<Manifest>,
-        found: PathBuf,
-    ) -> Result<(), String> {
-        let refuse = || {
-            format!(
-                "a partial download exists ({}) of other content than the servers agree on; \
-                 remove it, or pin its content with --blake3 HEX",
-                found.display()
-            )
-        };
-        if let Some(hook) = &self.spec.on_content {
-            (hook.0)(&manifest.name, &manifest.root)
-                .map_err(|e| format!("cannot record the download before writing it: {e}"))?;
-        }
-        let (d, spec, m) = (self.held_dir()?, self.spec.clone(), manifest.clone());
-        let overwrite = self.spec.overwrite;
-        let orphan_or_own = move |t: &JobTag| *t == spec.tag || !spec.foreign_tags.contains(t);
-        let adopted = blocking(move || {
-            DownloadStore::adopt(d, &m.name, &orphan_or_own, Some(&m.root), overwrite)
-        })
-        .await?;
-        let (store, adopted) = match adopted {
-            Ok(found) if found.0.manifest().identity() == manifest.identity() => found,
-            Ok(_) | Err(StoreError::Foreign { .. }) => return Err(refuse()),
-            Err(e) => return Err(format!("cannot resume: {e}")),
-        };
-        info!(
-            job = self.spec.id,
-            adopted = adopted.segments.len(),
-            "adopted segments from the journal of a partial download of the agreed content"
-        );
-        self.count_adopted(&adopted, manifest);
-        let now = self.now();
-        self.sched.on_stored_elsewhere(now, &adopted.segments);
-        self.start_writer(store);
-        self.set_manifest(manifest.clone());
-        Ok(())
+        DownloadError::WriterStopped
     }
 
     /// Once the scheduler accepted a content (pin, or majority), creates the store from the
     /// manifest of a connection that serves it.
-    async fn open_store_once_decided(&mut self) -> Result<(), String> {
+    async fn open_store_once_decided(&mut self) -> Result<(), DownloadError> {
         if self.manifest.is_some() {
             return Ok(());
         }
@@ -668,72 +591,119 @@ impl Job {
         let manifest = self
             .conns
             .values()
-            .filter_map(|h| h.manifest.as_ref())
-            .find(|m| layout_of(m) == layout)
+            .filter_map(|h| h.claim.as_ref())
+            .filter(|c| c.layout() == Some(layout))
+            .find_map(|c| c.manifest())
             .cloned();
-        match manifest {
-            Some(manifest) => self.open_store(&manifest).await,
-            // Every server of the winning content dropped since: the next one to send its
-            // header brings the manifest.
-            None => Ok(()),
-        }
-    }
-
-    /// First accepted header of a fresh download: record what it is, refuse to clobber, then
-    /// create the store.
-    async fn open_store(&mut self, manifest: &Arc<Manifest>) -> Result<(), String> {
-        if let Some(hook) = &self.spec.on_content {
-            (hook.0)(&manifest.name, &manifest.root)
-                .map_err(|e| format!("cannot record the download before writing it: {e}"))?;
-        }
-        let dir = self.held_dir()?;
-        let m = manifest.clone();
-        let overwrite = self.spec.overwrite;
-        let tag = self.spec.tag;
-        let created = blocking(move || DownloadStore::create(dir, &m, &tag, overwrite)).await?;
-        let store = match created {
-            Ok(store) => store,
-            Err(StoreError::PartialExists(path)) if self.spec.resume => {
-                return self.adopt_after_election(manifest, path).await;
-            }
-            Err(StoreError::TargetExists(path)) => {
-                return Err(format!(
-                    "{} already exists; pass --overwrite to replace it",
-                    path.display()
-                ))
-            }
-            Err(StoreError::PartialExists(path)) => {
-                return Err(format!(
-                    "a partial download exists ({}) that is not this job's; to continue it, \
-                     `fetch -r --blake3 HEX` with the content's BLAKE3 (as b3sum prints it), \
-                     or remove it",
-                    path.display()
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
+        // Every source of the winning content dropped since: the next one to finish its
+        // handshake brings the manifest.
+        let Some(manifest) = manifest else {
+            return Ok(());
         };
-        info!(job = self.spec.id, file = %manifest.name, size = manifest.size, segments = manifest.segment_count(), "download started");
-        self.owner_tag = Some(tag);
-        self.start_writer(store);
-        self.set_manifest(manifest.clone());
+        let store = match storage::open_store(&self.spec, &self.dir, &manifest).await? {
+            Opened::Created(store) => {
+                self.owner_tag = Some(self.spec.tag);
+                store
+            }
+            Opened::Adopted(store, mut adopted) => {
+                self.count_adopted(&mut adopted, &manifest);
+                let now = self.now();
+                self.sched.on_stored_elsewhere(now, &adopted.segments);
+                store
+            }
+        };
+        self.start_writer(*store);
+        self.set_manifest(manifest);
         Ok(())
     }
 
-    async fn finish(&mut self) -> Result<(), String> {
+    async fn finish(&mut self) -> Result<(), DownloadError> {
         self.finishing = true;
+        self.activity = Activity::Finishing;
         self.close_all("download complete");
-        let writer = self.writer.as_ref().ok_or("no storage to finalize")?;
+        let writer = self.writer.as_ref().ok_or(DownloadError::NoStorage)?;
+        let finish = Finish {
+            overwrite: self.spec.overwrite,
+            give_to: self.spec.give_to,
+            check: self.spec.end_check(),
+        };
         writer
-            .send(WriteMsg::Finish {
-                overwrite: self.spec.overwrite,
-                give_to: self.spec.give_to,
-                sha256: match self.spec.pin {
-                    Some(Pin::Sha256(digest)) => Some(digest),
-                    _ => None,
-                },
-            })
+            .send(WriteMsg::Finish(finish))
             .await
-            .map_err(|_| "storage writer stopped before finalizing".to_string())
+            .map_err(|_| DownloadError::WriterStoppedBeforeFinalizing)
+    }
+
+    /// The finished dump is not the pinned content: find the mirrors that sent the bad
+    /// bytes (see `repair`), blame them, and fetch what they sent again from the others; the
+    /// job then finishes (and is checked) once more. `Err` when that cannot be done.
+    async fn repair(&mut self, mismatch: Mismatch) -> Result<(), DownloadError> {
+        let fail = |repair: String| DownloadError::NotThePinned {
+            algorithm: mismatch.algorithm,
+            got: mismatch.got,
+            pinned: mismatch.pinned,
+            repair,
+        };
+        let manifest = self.manifest.clone().ok_or(DownloadError::NoStorage)?;
+        if !manifest.is_unproven() {
+            // Every segment was proven against an ArsNet server's digests: the content
+            // itself is not the pinned one, and no source is to blame.
+            return Err(fail("its segments match the servers' digests: the servers serve other content than pinned".into()));
+        }
+        // Still Finishing while referees are asked: the job is verifying its file. Rounds
+        // that clear every suspect sample more, in case a mirror lies only now and then.
+        let excluded: BTreeSet<usize> = self.excluded.keys().copied().collect();
+        let referees = Referees {
+            client: &self.ctx.http,
+            sources: &self.spec.sources,
+            excluded: &excluded,
+            manifest: &manifest,
+            buffers: &self.ctx.buffers,
+        };
+        let verdict = loop {
+            if self.repairs >= repair::MAX_ROUNDS {
+                return Err(fail(format!(
+                    "after {} rounds of sampling, every mirror's segments match the others': the \
+                     mirrors serve this file, and it is not the pinned one",
+                    self.repairs
+                )));
+            }
+            let verdict =
+                repair::find_culprits(&mismatch, &self.provenance, self.repairs, &referees).await;
+            self.repairs += 1;
+            if !verdict.refetch.is_empty() {
+                break verdict;
+            }
+            if let Some(why) = verdict.undecided {
+                return Err(fail(why));
+            }
+        };
+        for (server, reason) in &verdict.culprits {
+            warn!(job = self.spec.id, server = %self.meters[*server].address, %reason, "whole-file check failed: mirror blamed, its segments fetched again");
+        }
+        self.excluded.extend(verdict.culprits);
+        self.refetch(&manifest, &verdict.refetch);
+        Ok(())
+    }
+
+    /// Runs the job again for `segments` only, without the excluded sources.
+    fn refetch(&mut self, manifest: &Manifest, segments: &[u64]) {
+        let again: BTreeSet<u64> = segments.iter().copied().collect();
+        let done: Vec<u64> = (0..manifest.segment_count())
+            .filter(|s| !again.contains(s))
+            .collect();
+        let now = self.now();
+        self.sched = scheduler_for(&self.spec, Some((layout_of(manifest), &done)), now);
+        for (&server, reason) in &self.excluded {
+            self.sched.exclude(now, server, reason.clone());
+        }
+        for segment in &again {
+            self.provenance.remove(segment);
+            self.bytes_done = self
+                .bytes_done
+                .saturating_sub(u64::from(manifest.segment_range(*segment).1));
+        }
+        self.finishing = false;
+        self.activity = Activity::Transferring;
     }
 
     fn close_all(&mut self, reason: &str) {
@@ -744,7 +714,7 @@ impl Job {
     }
 
     /// Ends the job with `reason`, leaving the partial files at a durable point.
-    async fn abort(&mut self, reason: String) -> Outcome {
+    async fn abort(&mut self, reason: DownloadError) -> Outcome {
         warn!(job = self.spec.id, %reason, "download failed");
         self.close_all("job failed");
         self.close_writer(false).await;
@@ -754,7 +724,7 @@ impl Job {
     async fn stop(&mut self, discard: bool, outcome: Outcome) -> Outcome {
         self.close_all("job stopped");
         if let Some(reason) = self.close_writer(discard).await {
-            return Outcome::Failed(reason);
+            return Outcome::Failed(DownloadError::Storage(reason));
         }
         if discard {
             // Nothing was created yet, or the writer removed it.
@@ -769,7 +739,7 @@ impl Job {
     }
 
     /// Asks the writer to commit and close; waits for it. Returns a storage error, if any.
-    async fn close_writer(&mut self, discard: bool) -> Option<String> {
+    async fn close_writer(&mut self, discard: bool) -> Option<super::writer::WriteError> {
         let writer = self.writer.take()?;
         let mut reports = self.reports.take()?;
         if writer.send(WriteMsg::Close { discard }).await.is_err() {
@@ -780,118 +750,121 @@ impl Job {
             match report {
                 WriteReport::Durable(n) => self.durable += n,
                 WriteReport::Failed(reason) => return Some(reason),
-                WriteReport::Closed | WriteReport::Finished(_) => return None,
+                WriteReport::Closed | WriteReport::Finished(_) | WriteReport::CheckFailed(_) => {
+                    return None
+                }
             }
         }
         None
     }
 
+    /// Feeds the bytes each connection received since the last sample to the scheduler
+    /// (zero is no progress, and the scheduler knows it), and updates the rate meters.
     fn sample_progress(&mut self) {
         let now = self.now();
-        let instant = Instant::now();
-        let disk_busy = self.disk_busy_until.is_some_and(|t| t > instant);
         for (&conn, handle) in self.conns.iter_mut() {
-            let total = handle.received.load(Ordering::Relaxed);
+            let total = handle.counters.total();
             let delta = total.saturating_sub(handle.sampled);
             handle.sampled = total;
-            if let Some(source) = self.sources.get_mut(handle.server) {
-                source.bytes_open = total;
+            if let Some(meter) = self.meters.get_mut(handle.server) {
+                meter.bytes_open = handle.counters.payload.load(Ordering::Relaxed);
             }
-            if delta > 0 || disk_busy {
-                self.sched.on_progress(now, conn, delta);
-            }
+            self.sched.on_progress(now, conn, delta);
         }
-        for source in &mut self.sources {
-            source
-                .meter
-                .sample(source.bytes_closed + source.bytes_open, instant);
+        let instant = Instant::now();
+        for meter in &mut self.meters {
+            let bytes = meter.bytes();
+            meter.rate.sample(bytes, instant);
         }
     }
 
-    fn snapshot(&self, state: Option<JobState>) -> JobInfo {
-        let state = state.unwrap_or_else(|| match self.sched.phase() {
-            Phase::Waiting => JobState::Waiting,
-            Phase::Failed(reason) => JobState::Failed(reason),
-            _ => JobState::Running,
-        });
-        let sources = self
-            .sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let stats = self.sched.server_stats(i);
-                let (label, detail) = match self.sched.server_state(i) {
-                    ServerState::Idle => ("idle", String::new()),
-                    ServerState::Connecting => ("connecting", String::new()),
-                    ServerState::Active => ("active", String::new()),
-                    ServerState::Backoff {
-                        until, last_error, ..
-                    } => {
-                        let wait = until.saturating_sub(self.now());
-                        (
-                            "backoff",
-                            format!("retry in {:.1}s: {last_error}", wait.as_secs_f32()),
-                        )
-                    }
-                    ServerState::Blamed(reason) => ("blamed", reason.clone()),
-                };
-                SourceInfo {
-                    address: s.address.clone(),
-                    state: label.into(),
-                    detail: if detail.is_empty() {
-                        s.last_error.clone()
-                    } else {
-                        detail
-                    },
-                    rate_bps: s.meter.rate(),
-                    bytes: s.bytes_closed + s.bytes_open,
-                    segments: stats.segments_done,
-                    failures: stats.failures,
-                }
-            })
-            .collect();
-        JobInfo {
-            id: self.spec.id,
-            state,
-            dir: self.spec.dir.clone(),
+    /// What the job is doing, as facts: the daemon decides the job's state from them.
+    fn snapshot(&self) -> Progress {
+        let activity = match (self.activity, self.sched.phase()) {
+            (Activity::Transferring, Phase::Waiting) => Activity::Waiting,
+            (activity, _) => activity,
+        };
+        let sources = sources_info(&self.sched, &self.meters, self.now());
+        Progress {
+            activity,
             name: self.manifest.as_ref().map(|m| m.name.clone()),
             size: self.manifest.as_ref().map(|m| m.size),
             segments_total: self.sched.segment_count(),
             segments_done: self.sched.segments_done(),
             bytes_done: self.bytes_done,
             adopted_segments: self.adopted,
-            rate_bps: self.sources.iter().map(|s| s.meter.rate()).sum(),
+            rate_bps: sources.iter().map(|s| s.rate_bps).sum(),
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             sources,
-            content: self.manifest.as_ref().map(|m| m.root),
+            content: self.manifest.as_ref().and_then(|m| self.shown_content(m)),
             owner_tag: self.owner_tag,
         }
     }
 
-    fn publish(&self, state: Option<JobState>) {
-        self.info.send_replace(self.snapshot(state));
+    /// The BLAKE3 to show for the content: the manifest's root, or for an unproven layout
+    /// (mirrors only) the user's BLAKE3 pin, checked at the end; none with a SHA-256 pin or
+    /// `--no-verify` (the layout's root is no file's hash).
+    fn shown_content(&self, manifest: &Manifest) -> Option<arsnet_proto::Digest> {
+        match (manifest.is_unproven(), self.spec.pin) {
+            (false, _) => Some(manifest.root),
+            (true, Some(Pin::Blake3(pin))) => Some(pin),
+            (true, _) => None,
+        }
     }
 
-    fn log_metrics(&self) {
-        let info = self.snapshot(None);
-        for s in &info.sources {
-            info!(
-                job = info.id,
-                server = %s.address,
-                state = %s.state,
-                rate = %human_rate(s.rate_bps),
-                bytes = %human_bytes(s.bytes),
-                segments = s.segments,
-                "source metrics"
-            );
+    fn publish(&self) {
+        self.progress.send_replace(self.snapshot());
+    }
+
+    /// The scheduler's reason, with each source named as the user named it.
+    fn failure(&self, reason: FailReason) -> DownloadError {
+        match reason {
+            FailReason::Unreachable(ends) => {
+                let address = |i: usize| self.meters.get(i).map(|m| m.address.clone());
+                let attempts = ends
+                    .iter()
+                    .filter_map(|e| match e {
+                        ServerEnd::GaveUp { attempts, .. } => Some(*attempts),
+                        ServerEnd::Blamed(_) => None,
+                    })
+                    .max()
+                    .unwrap_or(self.spec.config.max_tries);
+                let sources = ends
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, end)| {
+                        let error = match end {
+                            ServerEnd::GaveUp { last_error, .. } => last_error,
+                            ServerEnd::Blamed(reason) => format!("blamed: {reason}"),
+                        };
+                        Some(SourceFailure {
+                            address: address(i)?,
+                            error,
+                        })
+                    })
+                    .collect();
+                DownloadError::Unreachable { attempts, sources }
+            }
+            other => DownloadError::AllSourcesFailed(other.to_string()),
         }
-        info!(
-            job = info.id,
-            done = info.segments_done,
-            total = info.segments_total.unwrap_or(0),
-            rate = %human_rate(info.rate_bps),
-            "job progress"
-        );
+    }
+
+    /// The failure of an election without a strict majority: which sources serve which
+    /// content.
+    fn disagreement(&self, votes: &[ContentVotes]) -> DownloadError {
+        let votes = votes
+            .iter()
+            .map(|v| ContentVote {
+                content: (!self.spec.mirrors_only()).then_some(v.content),
+                size: v.size,
+                sources: v
+                    .servers
+                    .iter()
+                    .filter_map(|&s| self.meters.get(s).map(|m| m.address.clone()))
+                    .collect(),
+            })
+            .collect();
+        DownloadError::Disagreement(votes)
     }
 }
 
@@ -902,51 +875,4 @@ async fn recv_report(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Runs `f` on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("storage task failed: {e}"))
-}
-
-/// The failure of an election without a strict majority: which servers serve which content,
-/// and how to choose.
-fn disagreement(votes: &[ContentVotes], sources: &[Source]) -> String {
-    let groups: Vec<String> = votes
-        .iter()
-        .map(|v| {
-            let servers: Vec<&str> = v
-                .servers
-                .iter()
-                .filter_map(|&s| sources.get(s).map(|s| s.address.as_str()))
-                .collect();
-            format!("BLAKE3 {} from {}", to_hex(&v.content), servers.join(", "))
-        })
-        .collect();
-    format!(
-        "the servers disagree about the content and none has a strict majority: {}; pin the \
-         one you mean with --blake3 HEX (as b3sum prints it)",
-        groups.join("; ")
-    )
-}
-
-/// Opens the download directory once for the whole job: created first when the caller is the
-/// daemon's own user, and otherwise required to be the very directory the caller showed it
-/// may write to.
-async fn open_dir(spec: &DownloadSpec) -> Result<Dir, String> {
-    let (path, identity, caller_uid) = (spec.dir.clone(), spec.dir_identity, spec.caller_uid);
-    blocking(move || {
-        if identity.is_none() {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        }
-        let mut dir = Dir::open_expecting(&path, identity).map_err(|e| e.to_string())?;
-        if let Some(uid) = caller_uid {
-            dir.set_replace_owner(uid);
-        }
-        Ok(dir)
-    })
-    .await?
 }

@@ -2,132 +2,28 @@
 //! stopped (listener closed, connections cut, as when the spec's server dies) and started
 //! again independently; the file is opened once and never loaded into memory.
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::{GroupId, GroupInfo, PortInfo};
+use arsnet_proto::control::{GroupId, GroupInfo, PortInfo, PortState};
 use arsnet_proto::limits::SERVER_MAX_CONNECTION_TASKS_PER_PORT;
-use arsnet_proto::manifest::choose_segment_size;
 use arsnet_proto::wire::{ErrorCode, ServerFrame};
-use arsnet_proto::{validate_file_name, Manifest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::admission::{Admission, Limits};
+use super::admission::{Admission, Limits, Ticket};
+use super::config::GroupConfig;
 use super::connection::{serve_connection, ConnError};
-use super::digests::{build_stamped_manifest, FileStamp};
+use super::served::{open_served, spawn_rehash_task, PortStats, ServedFile};
 use super::validate::{validate_ports, ServeError};
 use crate::rate::{RateMeter, TokenBucket};
-use crate::{human_bytes, human_rate};
-use arsnet_store::dir::{file_id, FileId};
-
-/// What `serve` asks for.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    pub file: PathBuf,
-    pub count: u32,
-    pub ports: Vec<u16>,
-    pub bind: String,
-    pub rate: Option<u64>,
-    pub status_interval: Duration,
-    /// Override of the segment size (tests use small segments); `None` picks by file size.
-    pub segment_size: Option<u32>,
-    /// Where digests are cached; `None` disables the cache.
-    pub cache_dir: Option<PathBuf>,
-    /// The file the group must serve, when its caller proved it could read that very file:
-    /// whatever is found at `file` is refused unless it is this one (checked on the open
-    /// descriptor, before anything is hashed or bound).
-    pub expect_file: Option<FileId>,
-}
-
-/// The served file, shared by every connection of every port of a group.
-pub(crate) struct Served {
-    pub file: File,
-    pub manifest: Manifest,
-    /// HEADER + DIGESTS frames, encoded once.
-    pub preamble: Vec<u8>,
-    /// The open file's stamp (size, mtime, ctime, inode, device) when hashing began: any
-    /// change means the digests may no longer hold.
-    stamp: FileStamp,
-}
-
-impl Served {
-    /// True if the open file still is as it was hashed. ctime is what catches an in-place
-    /// edit whose size and mtime were put back.
-    pub fn unchanged(&self) -> bool {
-        match self.file.metadata() {
-            Ok(m) => FileStamp::of(&m) == self.stamp,
-            Err(_) => false,
-        }
-    }
-}
-
-/// The file a group serves, swapped for a freshly hashed one when it is changed in place,
-/// so that new connections get the new content under its own digests.
-pub(crate) struct ServedFile {
-    current: std::sync::RwLock<Arc<Served>>,
-    changed: tokio::sync::Notify,
-}
-
-impl ServedFile {
-    fn new(served: Served) -> Self {
-        ServedFile {
-            current: std::sync::RwLock::new(Arc::new(served)),
-            changed: Default::default(),
-        }
-    }
-
-    /// The file as currently hashed.
-    pub fn get(&self) -> Arc<Served> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The file for a connection that is about to get its header: `None` if the file
-    /// changed in place since it was hashed (its digests must not be sent; a re-hash is
-    /// scheduled). A file replaced at its path (renamed over) is not a change: the open
-    /// file still matches its digests and goes on being served, as README promises.
-    pub fn for_new_connection(&self) -> Option<Arc<Served>> {
-        let served = self.get();
-        if served.unchanged() {
-            Some(served)
-        } else {
-            self.report_change();
-            None
-        }
-    }
-
-    /// A connection saw the file change under it: schedule a re-hash.
-    pub fn report_change(&self) {
-        self.changed.notify_one();
-    }
-
-    fn replace(&self, served: Served) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
-    }
-}
-
-/// Counters of one virtual server.
-#[derive(Debug, Default)]
-pub(crate) struct PortStats {
-    pub connections: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub segments_sent: AtomicU64,
-    pub rate: AtomicU64,
-    /// Connections closed to make room for a newcomer (the port or their source was full).
-    pub evicted: AtomicU64,
-    /// Newcomers turned away because every slot they could take was transferring.
-    pub refused: AtomicU64,
-}
+use arsnet_proto::units::{human_bytes, human_rate};
 
 enum PortRun {
     Listening {
@@ -163,74 +59,11 @@ pub struct ServerGroup {
     served: Arc<ServedFile>,
     slots: Vec<PortSlot>,
     shutdown: CancellationToken,
+    /// The ports also answer HTTP (`serve --http`).
+    http: bool,
     /// The operator-stopped ports as they were when the group was shut down: shutting down
     /// stops every port, which must not be saved as if the operator had stopped them.
     stopped_at_shutdown: Mutex<Option<Vec<u16>>>,
-}
-
-/// Opens the served file by its path (a new group, or a restored one) and hashes it.
-fn open_served(config: &GroupConfig) -> Result<Served, ServeError> {
-    let bad = |reason: String| ServeError::BadFile {
-        path: config.file.clone(),
-        reason,
-    };
-    // Checked before opening, since opening a FIFO would block; and again on the open file,
-    // which is what is served, in case the path changed in between.
-    let meta = std::fs::metadata(&config.file).map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let file = File::open(&config.file).map_err(|e| bad(e.to_string()))?;
-    if let Some(expected) = config.expect_file {
-        let found = file_id(&file).map_err(|e| bad(e.to_string()))?;
-        if found != expected {
-            return Err(bad(
-                "it is not the file the request was made for (it was replaced); serve it again"
-                    .into(),
-            ));
-        }
-    }
-    hash_served(config, file)
-}
-
-/// Hashes the open `file` as the group's served file. The re-hash after an in-place edit
-/// comes here with the descriptor the group already serves: it never opens the path again,
-/// so whatever was put at the path since (another file, a symlink to a secret) is never
-/// served.
-fn hash_served(config: &GroupConfig, file: File) -> Result<Served, ServeError> {
-    let bad = |reason: String| ServeError::BadFile {
-        path: config.file.clone(),
-        reason,
-    };
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let name = config
-        .file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| bad("has no file name".into()))?;
-    validate_file_name(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let segment_size = config
-        .segment_size
-        .unwrap_or_else(|| choose_segment_size(meta.len()));
-    let (manifest, stamp) = build_stamped_manifest(
-        &file,
-        &config.file,
-        name,
-        segment_size,
-        config.cache_dir.as_deref(),
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let mut preamble = Vec::new();
-    arsnet_proto::wire::encode_manifest(&manifest, &mut preamble);
-    Ok(Served {
-        file,
-        manifest,
-        preamble,
-        stamp,
-    })
 }
 
 fn bind_port(bind: IpAddr, port: u16) -> Result<TcpListener, ServeError> {
@@ -241,6 +74,72 @@ fn bind_port(bind: IpAddr, port: u16) -> Result<TcpListener, ServeError> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(bind, port)).map_err(unavailable)?;
     listener.set_nonblocking(true).map_err(unavailable)?;
     TcpListener::from_std(listener).map_err(unavailable)
+}
+
+/// Binds every port not in `stopped`, before anything is served, so that a failure leaves
+/// nothing behind. With `strict`, a port that cannot be bound fails the whole group;
+/// otherwise (a restore) it is recorded as failed. `Ok(None)`: left stopped.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    bind: IpAddr,
+    ports: &[u16],
+    stopped: &[u16],
+    strict: bool,
+) -> Result<Vec<Result<Option<TcpListener>, String>>, ServeError> {
+    let mut listeners = Vec::new();
+    for &port in ports {
+        if stopped.contains(&port) {
+            listeners.push(Ok(None));
+            continue;
+        }
+        match bind_port(bind, port) {
+            Ok(l) => listeners.push(Ok(Some(l))),
+            Err(e) if strict => return Err(e),
+            Err(e) => listeners.push(Err(e.to_string())),
+        }
+    }
+    Ok(listeners)
+}
+
+/// One port of a new group: serving if it has a listener, else stopped or failed.
+fn port_slot(
+    id: GroupId,
+    port: u16,
+    listener: Result<Option<TcpListener>, String>,
+    config: &GroupConfig,
+    served: &Arc<ServedFile>,
+    shutdown: &CancellationToken,
+) -> PortSlot {
+    let stats = Arc::new(PortStats::default());
+    let bucket = config.rate.map(|r| Arc::new(TokenBucket::new(r)));
+    let run = match listener {
+        Ok(Some(listener)) => {
+            let token = shutdown.child_token();
+            let task = spawn_accept_loop(
+                listener,
+                served,
+                &stats,
+                &bucket,
+                token.clone(),
+                port,
+                config.http,
+            );
+            PortRun::Listening { token, task }
+        }
+        Ok(None) => PortRun::Stopped { closing: None },
+        Err(reason) => {
+            warn!(group = id, port, %reason, "virtual server failed to listen");
+            PortRun::Failed(reason)
+        }
+    };
+    PortSlot {
+        port,
+        stats,
+        bucket,
+        run: Mutex::new(run),
+        generation: AtomicU64::new(0),
+        starting: tokio::sync::Mutex::new(()),
+    }
 }
 
 impl ServerGroup {
@@ -277,47 +176,14 @@ impl ServerGroup {
             .map_err(|e| ServeError::Internal(format!("hashing task failed: {e}")))??;
         let served = Arc::new(ServedFile::new(served));
 
-        // Bind everything before serving anything, so that a failure leaves nothing behind.
-        let mut listeners = Vec::new();
-        for &port in &config.ports {
-            if stopped.contains(&port) {
-                listeners.push(Ok(None));
-                continue;
-            }
-            match bind_port(bind, port) {
-                Ok(l) => listeners.push(Ok(Some(l))),
-                Err(e) if strict => return Err(e),
-                Err(e) => listeners.push(Err(e.to_string())),
-            }
-        }
-
+        let listeners = bind_all(bind, &config.ports, stopped, strict)?;
         let shutdown = CancellationToken::new();
-        let mut slots = Vec::new();
-        for (&port, listener) in config.ports.iter().zip(listeners) {
-            let stats = Arc::new(PortStats::default());
-            let bucket = config.rate.map(|r| Arc::new(TokenBucket::new(r)));
-            let run = match listener {
-                Ok(Some(listener)) => {
-                    let token = shutdown.child_token();
-                    let task =
-                        spawn_accept_loop(listener, &served, &stats, &bucket, token.clone(), port);
-                    PortRun::Listening { token, task }
-                }
-                Ok(None) => PortRun::Stopped { closing: None },
-                Err(reason) => {
-                    warn!(group = id, port, %reason, "virtual server failed to listen");
-                    PortRun::Failed(reason)
-                }
-            };
-            slots.push(PortSlot {
-                port,
-                stats,
-                bucket,
-                run: Mutex::new(run),
-                generation: AtomicU64::new(0),
-                starting: tokio::sync::Mutex::new(()),
-            });
-        }
+        let slots = config
+            .ports
+            .iter()
+            .zip(listeners)
+            .map(|(&port, listener)| port_slot(id, port, listener, &config, &served, &shutdown))
+            .collect();
         let group = Arc::new(ServerGroup {
             id,
             path: config.file.clone(),
@@ -325,6 +191,7 @@ impl ServerGroup {
             served,
             slots,
             shutdown,
+            http: config.http,
             stopped_at_shutdown: Mutex::new(None),
         });
         spawn_status_task(
@@ -436,6 +303,7 @@ impl ServerGroup {
             &slot.bucket,
             token.clone(),
             port,
+            self.http,
         );
         *run = PortRun::Listening { token, task };
         slot.generation.fetch_add(1, Ordering::SeqCst);
@@ -492,13 +360,13 @@ impl ServerGroup {
 
 fn port_info(slot: &PortSlot) -> PortInfo {
     let (state, detail) = match &*lock(&slot.run) {
-        PortRun::Listening { .. } => ("listening", String::new()),
-        PortRun::Stopped { .. } => ("stopped", String::new()),
-        PortRun::Failed(reason) => ("failed", reason.clone()),
+        PortRun::Listening { .. } => (PortState::Listening, String::new()),
+        PortRun::Stopped { .. } => (PortState::Stopped, String::new()),
+        PortRun::Failed(reason) => (PortState::Failed, reason.clone()),
     };
     PortInfo {
         port: slot.port,
-        state: state.into(),
+        state,
         detail,
         connections: slot.stats.connections.load(Ordering::Relaxed),
         bytes_sent: slot.stats.bytes_sent.load(Ordering::Relaxed),
@@ -513,6 +381,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What every connection of one port shares.
+#[derive(Clone)]
+struct PortCtx {
+    served: Arc<ServedFile>,
+    stats: Arc<PortStats>,
+    bucket: Option<Arc<TokenBucket>>,
+    token: CancellationToken,
+    port: u16,
+    http: bool,
+}
+
 fn spawn_accept_loop(
     listener: TcpListener,
     served: &Arc<ServedFile>,
@@ -520,80 +399,144 @@ fn spawn_accept_loop(
     bucket: &Option<Arc<TokenBucket>>,
     token: CancellationToken,
     port: u16,
+    http: bool,
 ) -> JoinHandle<()> {
-    let served = served.clone();
-    let stats = stats.clone();
-    let bucket = bucket.clone();
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(10);
-        // Who holds the port's connection slots; a newcomer may evict an idle one.
-        let admission = Admission::new(Limits::default());
-        // Taken before accept, and held by a connection's task to its very end (evicted ones
-        // included): a hard bound on tasks and buffers even under a flood of connects, past
-        // which clients wait in the kernel's backlog.
-        let permits = Arc::new(Semaphore::new(SERVER_MAX_CONNECTION_TASKS_PER_PORT));
-        loop {
-            let accepted = tokio::select! {
-                _ = token.cancelled() => break,
-                accepted = async {
-                    let permit = permits.clone().acquire_owned().await;
-                    (listener.accept().await, permit)
-                } => accepted,
-            };
-            let (accepted, Ok(permit)) = accepted else {
-                break;
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(10);
-                    let ticket = match admission.admit(peer.ip(), Instant::now()) {
-                        Ok((ticket, evicted)) => {
-                            if let Some(phase) = evicted {
-                                stats.evicted.fetch_add(1, Ordering::Relaxed);
-                                debug!(port, %peer, ?phase, "slots full: evicted the longest-idle connection");
-                            }
-                            ticket
-                        }
-                        Err(refusal) => {
-                            // Per-connection logs stay at debug: a flood must not flood the
-                            // log too; the status line counts refusals.
-                            stats.refused.fetch_add(1, Ordering::Relaxed);
-                            debug!(port, %peer, %refusal, "connection refused");
-                            refuse(&stream, &refusal.to_string());
-                            continue;
-                        }
-                    };
+    let ctx = PortCtx {
+        served: served.clone(),
+        stats: stats.clone(),
+        bucket: bucket.clone(),
+        token,
+        port,
+        http,
+    };
+    tokio::spawn(accept_loop(listener, ctx))
+}
+
+/// Accept backoff after a failed accept (out of descriptors and the like): doubles from
+/// the first to the last value instead of spinning.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+async fn accept_loop(listener: TcpListener, ctx: PortCtx) {
+    let mut backoff = ACCEPT_BACKOFF.0;
+    // Who holds the port's connection slots; a newcomer may evict an idle one.
+    let admission = Admission::new(Limits::default());
+    // Taken before accept, and held by a connection's task to its very end (evicted ones
+    // included): a hard bound on tasks and buffers even under a flood of connects, past
+    // which clients wait in the kernel's backlog.
+    let permits = Arc::new(Semaphore::new(SERVER_MAX_CONNECTION_TASKS_PER_PORT));
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.token.cancelled() => break,
+            accepted = async {
+                let permit = permits.clone().acquire_owned().await;
+                (listener.accept().await, permit)
+            } => accepted,
+        };
+        let (accepted, Ok(permit)) = accepted else {
+            break;
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                if let Some(ticket) = admit(&admission, &stream, peer, &ctx) {
                     let _ = stream.set_nodelay(true);
-                    let (served, stats, bucket, token) =
-                        (served.clone(), stats.clone(), bucket.clone(), token.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        stats.connections.fetch_add(1, Ordering::Relaxed);
-                        // The connection itself notices eviction between frames (and says
-                        // why); the last branch cuts one stuck in a write.
-                        let result = tokio::select! {
-                            biased;
-                            _ = token.cancelled() => Ok(()),
-                            r = serve_connection(stream, &served, &stats, bucket.as_deref(), &ticket) => r,
-                            _ = ticket.evicted.cancelled() => Err(ConnError::Evicted),
-                        };
-                        drop(ticket);
-                        stats.connections.fetch_sub(1, Ordering::Relaxed);
-                        match result {
-                            Ok(()) => tracing::debug!(port, %peer, "connection closed"),
-                            Err(e) => tracing::debug!(port, %peer, error = %e, "connection ended"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(port, error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::spawn(connection_task(stream, peer, permit, ticket, ctx.clone()));
                 }
             }
+            Err(e) => {
+                warn!(port = ctx.port, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+            }
         }
-    })
+    }
+}
+
+/// A slot for the newcomer from `peer` (evicting an idle connection if needed), or `None`
+/// once it was refused.
+fn admit(
+    admission: &Arc<Admission>,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    ctx: &PortCtx,
+) -> Option<Ticket> {
+    let port = ctx.port;
+    match admission.admit(peer.ip(), Instant::now()) {
+        Ok((ticket, evicted)) => {
+            if let Some(phase) = evicted {
+                ctx.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                debug!(port, %peer, ?phase, "slots full: evicted the longest-idle connection");
+            }
+            Some(ticket)
+        }
+        Err(refusal) => {
+            // Per-connection logs stay at debug: a flood must not flood the log too; the
+            // status line counts refusals.
+            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(port, %peer, %refusal, "connection refused");
+            refuse(stream, &refusal.to_string());
+            None
+        }
+    }
+}
+
+/// Serves one connection to its end, holding its task permit and slot until then.
+async fn connection_task(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ticket: Ticket,
+    ctx: PortCtx,
+) {
+    let _permit = permit;
+    let (port, stats) = (ctx.port, &ctx.stats);
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    // The connection itself notices eviction between frames (and says why); the last branch
+    // cuts one stuck in a write.
+    let result = tokio::select! {
+        biased;
+        _ = ctx.token.cancelled() => Ok(()),
+        r = serve_either(stream, &ctx, &ticket) => r,
+        _ = ticket.evicted.cancelled() => Err(ConnError::Evicted),
+    };
+    drop(ticket);
+    stats.connections.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => debug!(port, %peer, "connection closed"),
+        Err(e) => debug!(port, %peer, error = %e, "connection ended"),
+    }
+}
+
+/// Serves an ArsNet client, or with `--http` an HTTP one, told apart by the first byte.
+async fn serve_either(stream: TcpStream, ctx: &PortCtx, ticket: &Ticket) -> Result<(), ConnError> {
+    if ctx.http {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(
+            arsnet_proto::limits::SERVER_HELLO_TIMEOUT,
+            stream.peek(&mut first),
+        )
+        .await;
+        if let Ok(Ok(1)) = peeked {
+            if super::http::is_http(first[0]) {
+                let port = super::http::HttpPort {
+                    served: ctx.served.clone(),
+                    stats: ctx.stats.clone(),
+                    bucket: ctx.bucket.clone(),
+                };
+                return super::http::serve(stream, port, ticket.activity.clone())
+                    .await
+                    .map_err(|e| ConnError::Refused(format!("HTTP: {e}")));
+            }
+        }
+    }
+    serve_connection(
+        stream,
+        &ctx.served,
+        &ctx.stats,
+        ctx.bucket.as_deref(),
+        ticket,
+    )
+    .await
 }
 
 /// Turns a newcomer away with an ERROR frame saying why. Best effort and never waiting: a
@@ -606,74 +549,6 @@ fn refuse(stream: &TcpStream, message: &str) {
     }
     .encode(&mut frame);
     let _ = stream.try_write(&frame);
-}
-
-/// Re-hashes the file after a connection reported that it changed in place: waits until its
-/// stamp (size, mtime, ctime, inode, device) has held still for a second (a
-/// writer may still be at it), then hashes it anew and swaps it in. Downloads of the old
-/// content then see a different header and fail clearly instead of ever receiving mixed
-/// bytes.
-/// Re-hashes what the group serves through the descriptor it already holds (see
-/// [`hash_served`]).
-fn rehash_open(served: &ServedFile, config: &GroupConfig) -> Result<Served, ServeError> {
-    let file = served
-        .get()
-        .file
-        .try_clone()
-        .map_err(|e| ServeError::BadFile {
-            path: config.file.clone(),
-            reason: e.to_string(),
-        })?;
-    hash_served(config, file)
-}
-
-fn spawn_rehash_task(served: Arc<ServedFile>, config: GroupConfig, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        // The open file's stamp, not the path's: the group serves its descriptor, whatever is
-        // at the path now.
-        let fingerprint =
-            |served: &ServedFile| served.get().file.metadata().ok().map(|m| FileStamp::of(&m));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = served.changed.notified() => {}
-            }
-            // Reports that arrived while the last re-hash ran may be about the file it
-            // already hashed.
-            let current = served.get();
-            if current.unchanged() {
-                continue;
-            }
-            drop(current);
-            let mut last = fingerprint(&served);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                let now = fingerprint(&served);
-                if now == last {
-                    break;
-                }
-                last = now;
-            }
-            let (cfg, held) = (config.clone(), served.clone());
-            match tokio::task::spawn_blocking(move || rehash_open(&held, &cfg)).await {
-                Ok(Ok(fresh)) => {
-                    info!(
-                        file = %config.file.display(),
-                        size = fresh.manifest.size,
-                        "served file changed on disk: re-hashed, new connections get the new content"
-                    );
-                    served.replace(fresh);
-                }
-                Ok(Err(e)) => {
-                    warn!(file = %config.file.display(), error = %e, "served file changed and cannot be re-hashed")
-                }
-                Err(e) => warn!(error = %e, "re-hash task failed"),
-            }
-        }
-    });
 }
 
 /// Samples each port's rate every second and logs every port's status every
@@ -707,7 +582,7 @@ fn spawn_status_task(
                     info!(
                         group = group.id,
                         port = p.port,
-                        state = %p.state,
+                        state = p.state.label(),
                         connections = p.connections,
                         evicted = slot.stats.evicted.load(Ordering::Relaxed),
                         refused = slot.stats.refused.load(Ordering::Relaxed),

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use arsnet_sched::{
-    Action, Config, ConnId, DropReason, Layout, Phase, Scheduler, SegmentVerdict, ServerState,
-    ServerStats, ALL_BLAMED, NO_SERVERS,
+    Action, Config, ConnId, DropReason, FailReason, Layout, Phase, Scheduler, SegmentVerdict,
+    ServerState, ServerStats, ALL_BLAMED, NO_SERVERS,
 };
 
 use crate::world::ms;
@@ -17,6 +17,7 @@ const T0: Duration = Duration::ZERO;
 fn layout(segments: u64) -> Layout {
     Layout {
         segment_count: segments,
+        size: 0,
         fingerprint: [1; 32],
         content: [1; 32],
     }
@@ -297,11 +298,13 @@ fn phases_waiting_and_failed() {
     s.on_tick(s.next_deadline().expect("reconnect timer"));
     let conn = connects(&drain(&mut s))[0];
     s.on_header(Duration::from_secs(1), conn, layout(21));
-    assert_eq!(s.phase(), Phase::Failed(ALL_BLAMED.to_string()));
+    assert_eq!(s.phase(), Phase::Failed(FailReason::AllBlamed));
+    assert_eq!(FailReason::AllBlamed.to_string(), ALL_BLAMED);
     assert_eq!(s.next_deadline(), None);
 
     let none = Scheduler::new(Config::default(), 0, T0);
-    assert_eq!(none.phase(), Phase::Failed(NO_SERVERS.to_string()));
+    assert_eq!(none.phase(), Phase::Failed(FailReason::NoServers));
+    assert_eq!(FailReason::NoServers.to_string(), NO_SERVERS);
     let finished = Scheduler::with_layout(Config::default(), 0, layout(2), &[0, 1], T0);
     assert_eq!(finished.phase(), Phase::Complete);
 }
@@ -503,6 +506,17 @@ fn time_at_the_end_of_duration_does_not_overflow() {
 
 #[test]
 fn tricklers_holding_the_last_segment_lose_it_to_idle_servers() {
+    tricklers_lose_the_last_segment(false);
+}
+
+#[test]
+fn tricklers_lose_it_with_a_driver_that_ticks_only_when_the_deadline_is_due() {
+    // The real driver calls on_tick only when next_deadline() is reached: the laggard rule
+    // must put its own deadline there, or it never runs.
+    tricklers_lose_the_last_segment(true);
+}
+
+fn tricklers_lose_the_last_segment(tick_only_when_due: bool) {
     // Two servers hold both copies of the last segment and send a byte now and then (never
     // stalling by the clock), while two others sit idle: the tricklers must lose it.
     let config = Config {
@@ -531,7 +545,9 @@ fn tricklers_holding_the_last_segment_lose_it_to_idle_servers() {
         let now = ms(20 + step * 100);
         s.on_progress(now, conns[0], 1);
         s.on_progress(now, conns[1], 1);
-        s.on_tick(now);
+        if !tick_only_when_due || s.next_deadline().is_some_and(|d| d <= now) {
+            s.on_tick(now);
+        }
         for action in drain(&mut s) {
             match action {
                 Action::Request { conn, segment: 0 } if conn == conns[2] || conn == conns[3] => {
@@ -559,4 +575,72 @@ fn tricklers_holding_the_last_segment_lose_it_to_idle_servers() {
     // Retried later like any failure, not blamed: slow is not dishonest.
     assert!(!matches!(s.server_state(0), ServerState::Blamed(_)));
     assert!(s.server_stats(0).failures >= 1);
+}
+
+#[test]
+fn a_busy_server_is_retried_never_given_up() {
+    // It answers every attempt with ERROR "busy" (the driver reports it as answered): it
+    // works and is full, so it is retried with backoff however often that happens.
+    let config = Config {
+        max_tries: 2,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(config, 1, T0);
+    let mut now = T0;
+    for _ in 0..6 {
+        let conns = connects(&drain(&mut s));
+        assert_eq!(conns.len(), 1, "reconnected: {:?}", s.server_state(0));
+        s.on_answered(conns[0]);
+        s.on_disconnected(now, conns[0], "server error: server busy");
+        now = s.next_deadline().expect("a retry is due");
+        s.on_tick(now);
+    }
+    assert!(!matches!(s.phase(), Phase::Failed(_)), "{:?}", s.phase());
+    assert!(!matches!(s.server_state(0), ServerState::GaveUp { .. }));
+}
+
+#[test]
+fn a_minority_of_another_size_is_blamed_with_both_sizes() {
+    // HTTP mirrors of a job of mirrors alone differ in nothing but their size.
+    let sized = |size: u64| Layout { size, ..layout(4) };
+    let mut s = Scheduler::new(Config::default(), 3, T0);
+    let conns = connects(&drain(&mut s));
+    s.on_header(ms(1), conns[0], sized(4 << 20));
+    s.on_header(
+        ms(2),
+        conns[1],
+        Layout {
+            fingerprint: [2; 32],
+            ..sized(5 << 20)
+        },
+    );
+    s.on_header(ms(3), conns[2], sized(4 << 20));
+    assert_eq!(s.layout(), Some(sized(4 << 20)));
+    assert!(
+        matches!(s.server_state(1), ServerState::Blamed(r) if r == "serves a file of 5242880 bytes, the majority's is 4194304 bytes"),
+        "{:?}",
+        s.server_state(1)
+    );
+}
+
+#[test]
+fn an_excluded_server_is_blamed_and_never_dialled_again() {
+    // A repair run: two segments to fetch again, and the server that delivered them bad is
+    // excluded before its queued attempt is carried out.
+    let mut s = Scheduler::with_layout(Config::default(), 3, layout(4), &[0, 1], T0);
+    s.exclude(T0, 1, "its segment 2 differs from two others".into());
+    let dialled: Vec<usize> = drain(&mut s)
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect { server, .. } => Some(*server),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dialled, vec![0, 2]);
+    assert!(matches!(s.server_state(1), ServerState::Blamed(r) if r.contains("differs")));
+    // It is never tried again, however long the job runs.
+    s.on_tick(Duration::from_secs(3600));
+    assert!(!drain(&mut s)
+        .iter()
+        .any(|a| matches!(a, Action::Connect { server: 1, .. })));
 }

@@ -3,6 +3,9 @@
 //! exact timing and scripted faults, all on virtual time and deterministic.
 
 mod edge;
+mod followers;
+mod giving_up;
 mod props;
 mod scenarios;
+mod timing;
 mod world;

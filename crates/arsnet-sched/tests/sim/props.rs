@@ -103,6 +103,10 @@ fn case() -> impl Strategy<Value = Case> {
                         endgame,
                         max_copies,
                         election_window: ms(500),
+                        // Unlimited: the honest server may be down for longer than a few
+                        // tries at first, and this property is about it being waited for.
+                        // Giving up is a property of its own (scenarios' `giving_up`).
+                        max_tries: 0,
                         ..Config::default()
                     },
                     known_layout,
@@ -169,6 +173,7 @@ fn voter() -> impl Strategy<Value = (Option<u8>, u64)> {
 fn layout_of(content: u8) -> Layout {
     Layout {
         segment_count: 10,
+        size: 0,
         fingerprint: [content; 32],
         content: [content; 32],
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use arsnet_sched::{Config, DropReason, Phase, ServerState, ALL_BLAMED};
+use arsnet_sched::{Config, DropReason, FailReason, Phase, ServerState};
 
 use crate::world::{ms, Fault, Net, ServerSpec, World, BAD_FINGERPRINT, KIB, MIB};
 
@@ -282,7 +282,7 @@ fn corrupt_only_server_fails_the_job() {
     let mut w = World::new(config(), 50, specs, Net::default());
     w.run(secs(60.0));
     w.assert_no_violations();
-    assert_eq!(w.sched.phase(), Phase::Failed(ALL_BLAMED.to_string()));
+    assert_eq!(w.sched.phase(), Phase::Failed(FailReason::AllBlamed));
     assert_eq!(
         w.connects_of(0).len(),
         1,

@@ -48,6 +48,14 @@ pub struct ServerSpec {
     /// Fingerprint the server announces in its header.
     pub fingerprint: [u8; 32],
     pub faults: Vec<Fault>,
+    /// Time the server takes to send its handshake (a digest table) after the connect.
+    pub handshake: Duration,
+    /// Progress reports spread over the handshake (the header itself is the last; 1 means
+    /// the whole handshake is silent until the header).
+    pub handshake_chunks: u64,
+    /// An HTTP mirror: it knows no content identity, so the driver reports its handshake
+    /// with `on_follower_ready` instead of a header.
+    pub follower: bool,
 }
 
 pub const GOOD_FINGERPRINT: [u8; 32] = [7; 32];
@@ -60,7 +68,23 @@ impl ServerSpec {
             latency,
             fingerprint: GOOD_FINGERPRINT,
             faults: Vec::new(),
+            handshake: Duration::ZERO,
+            handshake_chunks: 1,
+            follower: false,
         }
+    }
+
+    /// A mirror (see [`ServerSpec::follower`]).
+    pub fn follower(mut self) -> Self {
+        self.follower = true;
+        self
+    }
+
+    /// A handshake of `duration`, reported as `chunks` steps of progress.
+    pub fn handshake(mut self, duration: Duration, chunks: u64) -> Self {
+        self.handshake = duration;
+        self.handshake_chunks = chunks.max(1);
+        self
     }
 
     pub fn fault(mut self, fault: Fault) -> Self {
@@ -151,6 +175,9 @@ enum Ev {
     Stall {
         server: ServerId,
     },
+    // Driver side: its storage pushes back from `StorageBusy` to `StorageReady`.
+    StorageBusy,
+    StorageReady,
 }
 
 struct Scheduled {
@@ -237,6 +264,11 @@ pub struct World {
     cuts: HashMap<ConnId, Duration>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
+    /// While the storage is busy, the driver reads nothing: arrivals wait here.
+    held: Option<Vec<Ev>>,
+    /// Whether the driver tells the scheduler about busy storage (a negative control turns
+    /// it off).
+    pub announce_storage: bool,
 }
 
 impl World {
@@ -263,6 +295,7 @@ impl World {
     ) -> Self {
         let layout = Layout {
             segment_count: segments,
+            size: 0,
             fingerprint: GOOD_FINGERPRINT,
             content: GOOD_FINGERPRINT,
         };
@@ -270,7 +303,17 @@ impl World {
         Self::with_scheduler(sched, segments, specs, net)
     }
 
-    fn with_scheduler(sched: Scheduler, segments: u64, specs: Vec<ServerSpec>, net: Net) -> Self {
+    fn with_scheduler(
+        mut sched: Scheduler,
+        segments: u64,
+        specs: Vec<ServerSpec>,
+        net: Net,
+    ) -> Self {
+        for (server, spec) in specs.iter().enumerate() {
+            if spec.follower {
+                sched.set_follower(server);
+            }
+        }
         let n = specs.len();
         let len = usize::try_from(segments).expect("test sizes fit");
         let mut world = World {
@@ -278,6 +321,7 @@ impl World {
             now: Duration::ZERO,
             layout: Layout {
                 segment_count: segments,
+                size: 0,
                 fingerprint: GOOD_FINGERPRINT,
                 content: GOOD_FINGERPRINT,
             },
@@ -296,6 +340,8 @@ impl World {
             cuts: HashMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
+            held: None,
+            announce_storage: true,
         };
         for server in 0..n {
             for fault in world.specs[server].faults.clone() {
@@ -313,6 +359,13 @@ impl World {
         }
         world.after_step();
         world
+    }
+
+    /// The driver's storage is busy from `from` to `until`: meanwhile it reads no
+    /// connection (events wait, as behind a full channel), then catches up at once.
+    pub fn storage_busy(&mut self, from: Duration, until: Duration) {
+        self.schedule(from, Ev::StorageBusy);
+        self.schedule(until, Ev::StorageReady);
     }
 
     fn schedule(&mut self, at: Duration, ev: Ev) {
@@ -371,6 +424,17 @@ impl World {
 
     /// Runs until virtual time `until` (events at exactly `until` included) even if the job
     /// is waiting; stops early on completion/failure.
+    /// The newest connection of `server` the world has not seen closed, if any (the newest:
+    /// a test that told the scheduler of a disconnect itself leaves the old one behind here,
+    /// and map order must not pick it).
+    pub fn conn_of(&mut self, server: ServerId) -> Option<ConnId> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.server == server && !c.closed)
+            .map(|(&id, _)| id)
+            .max_by_key(|id| id.0)
+    }
+
     pub fn run_until(&mut self, until: Duration) {
         self.run(until);
     }
@@ -452,11 +516,24 @@ impl World {
                         queue: VecDeque::new(),
                         sending: None,
                     });
+                    let spec = &self.specs[server];
+                    let (handshake, chunks) = (spec.handshake, spec.handshake_chunks);
+                    for i in 1..chunks {
+                        let sent_at = now + l + handshake * (i as u32) / (chunks as u32);
+                        self.schedule(
+                            sent_at + l,
+                            Ev::Progress {
+                                conn,
+                                sent_at,
+                                bytes: 4096,
+                            },
+                        );
+                    }
                     self.schedule(
-                        now + 2 * l,
+                        now + 2 * l + handshake,
                         Ev::Header {
                             conn,
-                            sent_at: now + l,
+                            sent_at: now + l + handshake,
                         },
                     );
                 }
@@ -530,7 +607,36 @@ impl World {
 
     fn handle(&mut self, ev: Ev) {
         let now = self.now;
+        let arrival = matches!(
+            ev,
+            Ev::Header { .. }
+                | Ev::Refused { .. }
+                | Ev::Reset { .. }
+                | Ev::Progress { .. }
+                | Ev::Segment { .. }
+                | Ev::Cancelled { .. }
+        );
+        if arrival {
+            if let Some(held) = self.held.as_mut() {
+                held.push(ev);
+                return;
+            }
+        }
         match ev {
+            Ev::StorageBusy => {
+                self.held.get_or_insert_with(Vec::new);
+                if self.announce_storage {
+                    self.sched.on_storage_busy(now);
+                }
+            }
+            Ev::StorageReady => {
+                if self.announce_storage {
+                    self.sched.on_storage_ready(now);
+                }
+                for ev in self.held.take().unwrap_or_default() {
+                    self.handle(ev);
+                }
+            }
             Ev::Header { conn, sent_at } => {
                 let Some(server) = self.deliverable(conn, sent_at) else {
                     return;
@@ -538,8 +644,13 @@ impl World {
                 if let Some(c) = self.clients.get_mut(&conn) {
                     c.header = true;
                 }
+                if self.specs[server].follower {
+                    self.sched.on_follower_ready(now, conn);
+                    return;
+                }
                 let layout = Layout {
                     segment_count: self.layout.segment_count,
+                    size: 0,
                     fingerprint: self.specs[server].fingerprint,
                     content: self.specs[server].fingerprint,
                 };

@@ -176,6 +176,7 @@ fn a_member_cannot_serve_a_file_it_cannot_read() {
         bind: "127.0.0.1".into(),
         rate: None,
         status_interval_secs: 1,
+        http: false,
     };
     let answer = raw_request_as_nobody(&d, Request::Serve(spec.clone()), None);
     assert!(answer.contains("must open the file"), "{answer:?}");
@@ -241,11 +242,15 @@ fn a_member_cannot_download_into_a_directory_it_cannot_write() {
     );
     let spec = FetchSpec {
         dir: private.clone(),
-        sources: vec![format!("127.0.0.1:{port}")],
+        sources: vec![format!("127.0.0.1:{port}").parse().unwrap()],
         resume: false,
         overwrite: false,
         metric_interval_secs: 1,
         pin: None,
+        ca_certs: Vec::new(),
+        connections_per_source: None,
+        no_verify: false,
+        checksum_url: None,
     };
     let answer = raw_request_as_nobody(&d, Request::Fetch(spec), None);
     assert!(answer.contains("must open the directory"), "{answer:?}");

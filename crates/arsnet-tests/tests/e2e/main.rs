@@ -2,10 +2,19 @@
 //! files. Each test makes its own temp dir, daemons and ports, so tests run in parallel.
 
 mod caller_rights;
+mod cli_contract;
+mod config_reload;
 mod control;
 mod dir_attacks;
 mod engine;
 mod faulty;
+mod giving_up;
+mod http_mirrors;
+mod metrics;
+mod mirrors_only;
+mod nginx;
+mod progress_display;
 mod server_abuse;
+mod service;
 mod socket_trust;
 mod util;

@@ -175,6 +175,7 @@ fn completed_job() -> JobInfo {
         elapsed_ms: 1,
         sources: vec![],
         content: None,
+        verification: Default::default(),
         owner_tag: None,
     }
 }

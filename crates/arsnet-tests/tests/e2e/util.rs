@@ -68,6 +68,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Run the daemon as this uid (via setpriv), to test what another user may not do.
     as_uid: Option<u32>,
+    /// The daemon's log filter (`RUST_LOG`).
+    log_filter: &'static str,
 }
 
 /// Daemon config used by tests: small segments so that small files have many, quick
@@ -96,6 +98,15 @@ impl Daemon {
     }
 
     fn launch(root: &Path, config: &str, as_uid: Option<u32>) -> Daemon {
+        Self::launch_logging(root, config, as_uid, "info")
+    }
+
+    fn launch_logging(
+        root: &Path,
+        config: &str,
+        as_uid: Option<u32>,
+        log_filter: &'static str,
+    ) -> Daemon {
         let config_path = root.join("arsnetd.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut daemon = Daemon {
@@ -105,6 +116,7 @@ impl Daemon {
             config: Some(config_path),
             child: None,
             as_uid,
+            log_filter,
         };
         daemon.spawn();
         daemon
@@ -125,7 +137,7 @@ impl Daemon {
             cmd.arg("--config").arg(config);
         }
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -147,6 +159,12 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("arsnetd did not come up; log:\n{}", self.log());
+    }
+
+    /// Like [`Daemon::start`], logging at debug level (to check what even debug logs say).
+    pub fn start_debug(root: &Path) -> Daemon {
+        std::fs::create_dir_all(root).unwrap();
+        Self::launch_logging(root, TEST_CONFIG, None, "debug")
     }
 
     /// Starts a daemon that runs as the unprivileged uid 65534 (nobody). Its root dir is
@@ -206,7 +224,11 @@ impl Daemon {
 
     /// Asserts that the daemon serves no group at all.
     pub fn assert_no_groups(&self, why: &str) {
-        assert_eq!(self.json(&["servers"]), serde_json::json!([]), "{why}");
+        assert_eq!(
+            self.json(&["servers"])["groups"],
+            serde_json::json!([]),
+            "{why}"
+        );
     }
 
     pub fn status(&self, job: u64) -> Value {

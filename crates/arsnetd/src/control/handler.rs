@@ -14,12 +14,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info};
 
 use crate::caller::Caller;
-use crate::control::frame::{read_frame_with_fds, write_frame, FrameError};
-use crate::daemon::Daemon;
+use arsnet_client::frame::{read_frame_with_fds, write_frame, FrameError};
+
+use crate::state::Daemon;
 use crate::{groups, jobs};
 
-/// How long a pushed update may wait for a watcher to read it before the watch is ended.
-const WATCH_WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(300);
+use arsnet_proto::limits::{CONTROL_SETTLE_TIMEOUT, CONTROL_WATCH_WRITE_STALL, MAX_CONTROL_FRAME};
 
 pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, caller: Caller) {
     loop {
@@ -102,31 +102,25 @@ async fn dispatch(
         }
         Request::Fetch(spec) => {
             let grant = caller.check_dir(&spec.dir, &fds)?;
+            let spec = jobs::resolve_checksum(daemon, spec).await?;
             let (id, attached) = jobs::fetch(daemon, spec, grant)?;
             Response::Queued { id, attached }
         }
         Request::List => Response::List {
             jobs: jobs::infos(daemon),
             groups: groups::infos(daemon),
-            notes: daemon
-                .restore_notes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            notes: daemon.restore_notes(),
         },
         Request::Status { id } => Response::Job(jobs::status(daemon, id)?),
-        Request::Pause { id } => {
-            jobs::pause(daemon, id)?;
-            Response::Done
-        }
+        Request::Pause { id } => settled(daemon, id, jobs::pause).await?,
         Request::Resume { id } => {
             jobs::resume(daemon, id)?;
-            Response::Done
+            Response::Job(jobs::status(daemon, id)?)
         }
         Request::Cancel { id, keep } => {
-            jobs::cancel(daemon, id, keep)?;
-            Response::Done
+            settled(daemon, id, |d, id| jobs::cancel(d, id, keep)).await?
         }
+        Request::Metrics => metrics(daemon)?,
         Request::Shutdown => {
             info!("shutdown requested over the control socket");
             daemon.shutdown.cancel();
@@ -139,6 +133,50 @@ async fn dispatch(
             ))
         }
     })
+}
+
+/// `metrics`: the exposition, if it fits in one control frame. A daemon holding thousands of
+/// jobs' sources may render more than that; the HTTP listener has no such bound, so the
+/// error says to use it rather than cutting the text short.
+fn metrics(daemon: &Daemon) -> Result<Response, ControlError> {
+    let text = crate::metrics::render(daemon);
+    // Room for the encoding around the text (variant index, varint length).
+    let room = (MAX_CONTROL_FRAME as usize).saturating_sub(16);
+    if text.len() > room {
+        return Err(ControlError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the metrics are {} bytes, more than a control frame carries ({MAX_CONTROL_FRAME}); set metrics_listen and scrape GET /metrics instead",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Response::Metrics(text))
+}
+
+/// Runs a request that stops a job, then answers with the job once the state it reports is
+/// durable: at once for a job that was not running, else when its engine has stopped at a
+/// durable point (the files are then as the new state says: kept, or removed). A job that
+/// takes longer than `CONTROL_SETTLE_TIMEOUT` is answered as it is then, still "running",
+/// which the client reports as pending.
+async fn settled(
+    daemon: &Arc<Daemon>,
+    id: JobId,
+    request: impl FnOnce(&Arc<Daemon>, JobId) -> Result<(), ControlError>,
+) -> Result<Response, ControlError> {
+    // Subscribed before the request, so the engine's end cannot slip in between.
+    let mut updates = daemon.updates.subscribe();
+    request(daemon, id)?;
+    let settle = async {
+        while jobs::is_running(daemon, id) {
+            match updates.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CONTROL_SETTLE_TIMEOUT, settle).await;
+    Ok(Response::Job(jobs::status(daemon, id)?))
 }
 
 fn wanted(update: &Update, id: Option<JobId>) -> bool {
@@ -181,8 +219,11 @@ async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>)
         while let Some(response) = pending.pop_front() {
             // A watcher that stops reading altogether (a suspended terminal) gives its
             // connection slot back after a while instead of holding it forever.
-            let written =
-                tokio::time::timeout(WATCH_WRITE_STALL, write_frame(&mut writer, &response)).await;
+            let written = tokio::time::timeout(
+                CONTROL_WATCH_WRITE_STALL,
+                write_frame(&mut writer, &response),
+            )
+            .await;
             if !matches!(written, Ok(Ok(()))) {
                 return;
             }

@@ -3,13 +3,7 @@
 //! bincode frames. Each connection is served by its own task; a bad client only ever loses
 //! its own connection.
 
-pub(crate) mod access;
-pub mod fds;
-pub mod frame;
 mod handler;
-
-pub(crate) use access::own_uid;
-pub use access::{resolve_group, ControlGroup};
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -20,10 +14,10 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::daemon::Daemon;
+use arsnet_proto::limits::CONTROL_MAX_CONNECTIONS;
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 256;
+use crate::access::{self, ControlGroup};
+use crate::state::Daemon;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -100,6 +94,65 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
     Ok(listener)
 }
 
+/// The listening socket the service manager passed (systemd socket activation:
+/// `LISTEN_FDS`/`LISTEN_PID`, the first descriptor from 3), if any. It must be a listening
+/// Unix stream socket; anything else is an error rather than something to guess about.
+pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
+    use std::os::fd::FromRawFd;
+    // The variables are consumed, so no child process ever takes them for its own.
+    let mut fds = sd_notify::listen_fds().map_err(|source| SocketError::Io {
+        path: "the socket passed by the service manager (LISTEN_FDS)".into(),
+        source,
+    })?;
+    let Some(fd) = fds.next() else {
+        return Ok(None);
+    };
+    if !is_listening_unix_socket(fd) {
+        return Err(SocketError::Io {
+            path: format!("descriptor {fd} passed by the service manager"),
+            source: std::io::Error::other("not a listening Unix stream socket"),
+        });
+    }
+    // SAFETY: the service manager passed this descriptor to us to own (LISTEN_PID is our
+    // pid, checked by listen_fds), and nothing else in this process uses it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    let io = |source| SocketError::Io {
+        path: format!("descriptor {fd} passed by the service manager"),
+        source,
+    };
+    std_listener.set_nonblocking(true).map_err(io)?;
+    UnixListener::from_std(std_listener).map(Some).map_err(io)
+}
+
+fn is_listening_unix_socket(fd: std::os::fd::RawFd) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the int it is given.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above.
+    let ok = ok
+        && unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut listening as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        } == 0;
+    ok && domain == libc::AF_UNIX && listening == 1
+}
+
 fn describe(kind: std::fs::FileType) -> &'static str {
     if kind.is_symlink() {
         "a symbolic link"
@@ -114,7 +167,7 @@ fn describe(kind: std::fs::FileType) -> &'static str {
 
 /// Accepts control connections until the daemon shuts down.
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(CONTROL_MAX_CONNECTIONS));
     let group: Option<String> = daemon.control_group.as_ref().map(|g| g.name.clone());
     let mut backoff = Duration::from_millis(10);
     loop {

@@ -16,10 +16,7 @@ pub struct ControlGroup {
     members: Vec<String>,
 }
 
-pub(crate) fn own_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
+pub(crate) use arsnet_client::paths::own_uid;
 
 /// Largest buffer tried for one group or user record (big LDAP groups need megabytes).
 const MAX_NSS_BUFFER: usize = 64 * 1024 * 1024;

@@ -3,14 +3,10 @@
 //! has started, the rest must arrive within a deadline so a stalled peer cannot pin a
 //! connection half-way through a frame.
 
-use std::time::Duration;
-
 use arsnet_proto::control::{check_frame_len, encode_frame, ControlFrameError};
+use arsnet_proto::limits::CONTROL_FRAME_DEADLINE;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// Time allowed for the rest of a frame once its first byte arrived.
-pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -25,13 +21,22 @@ pub enum FrameError {
 }
 
 /// Reads one frame's payload. Waits indefinitely for the first byte (an idle connection is
-/// fine), then at most [`FRAME_DEADLINE`] for the rest.
+/// fine), then at most [`CONTROL_FRAME_DEADLINE`] for the rest.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; 4];
     let n = reader.read(&mut prefix[..1]).await?;
     if n == 0 {
         return Err(FrameError::Closed);
     }
+    read_rest(reader, prefix).await
+}
+
+/// Reads the rest of a frame whose first byte is `prefix[0]`: within
+/// [`CONTROL_FRAME_DEADLINE`] of that byte, and never more than the limit allows.
+async fn read_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut prefix: [u8; 4],
+) -> Result<Vec<u8>, FrameError> {
     let rest = async {
         reader.read_exact(&mut prefix[1..]).await?;
         let len = check_frame_len(prefix)?;
@@ -39,7 +44,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>,
         reader.read_exact(&mut payload).await?;
         Ok::<_, FrameError>(payload)
     };
-    match tokio::time::timeout(FRAME_DEADLINE, rest).await {
+    match tokio::time::timeout(CONTROL_FRAME_DEADLINE, rest).await {
         Ok(Ok(payload)) => Ok(payload),
         Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(FrameError::Closed)
@@ -50,30 +55,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>,
 }
 
 /// [`read_frame`] on the control socket itself, also returning the descriptors the client
-/// sent with the frame's first byte (see [`super::fds`]).
+/// sent with the frame's first byte (see [`crate::fds`]).
 pub async fn read_frame_with_fds(
     stream: &mut tokio::net::UnixStream,
 ) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), FrameError> {
     let mut prefix = [0u8; 4];
-    let (n, fds) = super::fds::recv_with_fds(stream, &mut prefix[..1]).await?;
+    let (n, fds) = crate::fds::recv_with_fds(stream, &mut prefix[..1]).await?;
     if n == 0 {
         return Err(FrameError::Closed);
     }
-    let rest = async {
-        stream.read_exact(&mut prefix[1..]).await?;
-        let len = check_frame_len(prefix)?;
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await?;
-        Ok::<_, FrameError>(payload)
-    };
-    match tokio::time::timeout(FRAME_DEADLINE, rest).await {
-        Ok(Ok(payload)) => Ok((payload, fds)),
-        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(FrameError::Closed)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(FrameError::Stalled),
-    }
+    let payload = read_rest(stream, prefix).await?;
+    Ok((payload, fds))
 }
 
 /// Writes one frame.

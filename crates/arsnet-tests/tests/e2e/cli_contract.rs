@@ -1,0 +1,423 @@
+//! The command line as shell users and cron jobs rely on it: every `--json` document fits
+//! the one schema (docs/json-schema.json), a closed stdout ends a command like coreutils,
+//! waits are bounded and say how to go on, requests answer once they are true, and what a
+//! finished job reached survives restarts.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+pub(crate) fn schema() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/json-schema.json");
+    let text = std::fs::read_to_string(path).expect("docs/json-schema.json");
+    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+}
+
+/// Asserts that every line of `stdout` is a document of the schema; returns them.
+pub(crate) fn conforming(
+    validator: &jsonschema::Validator,
+    what: &str,
+    stdout: &[u8],
+) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "{what}: no output");
+    lines
+        .iter()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line}"));
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{what}: {line}\n does not fit the schema: {errors:?}"
+            );
+            value
+        })
+        .collect()
+}
+
+fn json_ctl(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    ctl_within(d, &full, LONG).expect("arsnetctl ended")
+}
+
+#[test]
+fn every_json_document_fits_the_one_schema() {
+    let v = schema();
+    let s = slow_setup(512 * 1024, 256 * 1024);
+    let file = s.tmp.path().join("slow.bin");
+    let srv = &s.servers;
+    let served = json_ctl(srv, &["servers"]);
+    let groups = conforming(&v, "servers", &served.stdout);
+    assert_eq!(groups[0]["groups"][0]["ports"][0]["state"], "listening");
+    let port = s.ports[0].to_string();
+    for args in [
+        ["stop-server", port.as_str()],
+        ["stop-server", port.as_str()],
+    ] {
+        conforming(&v, "stop-server", &json_ctl(srv, &args).stdout);
+    }
+    conforming(
+        &v,
+        "start-server",
+        &json_ctl(srv, &["start-server", &port]).stdout,
+    );
+    let other = free_ports(1)[0].to_string();
+    let n = "1";
+    let serve_out = json_ctl(
+        srv,
+        &[
+            "serve",
+            "-n",
+            n,
+            "-f",
+            file.to_str().unwrap(),
+            "-p",
+            &other,
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    conforming(&v, "serve", &serve_out.stdout);
+
+    let args = fetch_args(&s.out, &s.ports, &["--wait", "-i", "1"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let waited = json_ctl(&s.client, &refs);
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let events = conforming(&v, "fetch --wait", &waited.stdout);
+    assert!(
+        events[0]["job_id"].is_u64(),
+        "the job id first: {:?}",
+        events[0]
+    );
+    assert_eq!(events.last().unwrap()["event"], "end");
+    assert_eq!(events.last().unwrap()["job"]["state"], "completed");
+    let st = conforming(&v, "status", &json_ctl(&s.client, &["status", "1"]).stdout);
+    assert_eq!(st[0]["state"], "completed");
+    assert_eq!(st[0]["reason"], Value::Null);
+    conforming(&v, "list", &json_ctl(&s.client, &["list"]).stdout);
+    conforming(&v, "watch ID", &json_ctl(&s.client, &["watch", "1"]).stdout);
+    for request in ["pause", "resume", "cancel"] {
+        // On a completed job: a refusal, as a JSON error document.
+        let out = json_ctl(&s.client, &[request, "1"]);
+        let docs = conforming(&v, request, &out.stdout);
+        assert_eq!(
+            out.status.success(),
+            docs[0].get("error").is_none(),
+            "{request}"
+        );
+    }
+    // A stream that ends by its timeout: events, then the error document.
+    let watched = json_ctl(&s.client, &["watch", "--timeout", "1s"]);
+    assert_eq!(watched.status.code(), Some(7));
+    let events = conforming(&v, "watch", &watched.stdout);
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "groups" || e["event"] == "job"));
+    let group = groups[0]["groups"][0]["id"].to_string();
+    conforming(&v, "unserve", &json_ctl(srv, &["unserve", &group]).stdout);
+    let missing = json_ctl(&s.client, &["status", "999"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = conforming(&v, "an error", &missing.stdout);
+    assert!(err[0]["error"]["message"].as_str().unwrap().contains("999"));
+}
+
+/// Runs `arsnetctl ARGS` with stdout in a pipe, reads one line and closes the pipe.
+fn first_line_then_close(d: &Daemon, args: &[&str]) -> std::process::ExitStatus {
+    let mut child = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run arsnetctl");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a first line");
+    assert!(!line.is_empty(), "{args:?} printed a line");
+    drop(reader);
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} did not end after its stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_streaming_commands_like_coreutils() {
+    let s = slow_setup(16 << 20, 256 * 1024);
+    let args = fetch_args(&s.out, &s.ports, &["--wait", "-i", "1"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    for command in [
+        refs.clone(),
+        vec!["watch"],
+        vec!["watch", "1"],
+        vec!["--json", "watch"],
+    ] {
+        let status = first_line_then_close(&s.client, &command);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGPIPE),
+            "{command:?}: {status:?}"
+        );
+    }
+    // The download itself carried on.
+    assert_eq!(job_state(&s.client.status(1)), "running");
+}
+
+#[test]
+fn waits_are_bounded_and_say_how_to_go_on() {
+    let s = slow_setup(8 << 20, 128 * 1024);
+    let args = fetch_args(&s.out, &s.ports, &["--wait", "--timeout", "2s"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ctl_within(&s.client, &refs, LONG).expect("--timeout ended the wait");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job 1 continues") && stderr.contains("cancel 1"),
+        "{stderr}"
+    );
+    assert_eq!(job_state(&s.client.status(1)), "running", "the job goes on");
+    let watched = ctl_within(&s.client, &["watch", "--timeout", "1s"], LONG).expect("ended");
+    assert_eq!(watched.status.code(), Some(7));
+
+    // Ctrl-C: exit 130, with the same hint.
+    let child = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&s.client.socket)
+        .args(["watch", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("job 1 continues"), "{stderr}");
+}
+
+#[test]
+fn a_daemon_that_stops_during_a_wait_leaves_a_hint() {
+    let mut s = slow_setup(8 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]).to_string();
+    let socket = s.client.socket.clone();
+    let waiter = std::thread::spawn(move || {
+        Command::new(bin("arsnetctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["watch", &job])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    s.client.ok(&["shutdown"]);
+    let out = waiter.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("continues when arsnetd runs again"),
+        "{stderr}"
+    );
+    s.client.wait_exit(LONG);
+}
+
+#[test]
+fn requests_answer_once_true_and_share_one_idempotency_rule() {
+    let s = slow_setup(8 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    let id = job.to_string();
+    s.client
+        .wait_job(job, LONG, |st| st["segments_done"].as_u64() > Some(0));
+    let paused = s.client.ok(&["pause", &id]);
+    assert_eq!(paused.trim(), format!("job {id} paused"));
+    // Right after the answer, not eventually.
+    assert_eq!(job_state(&s.client.status(job)), "paused");
+    assert_eq!(
+        s.client.ok(&["pause", &id]).trim(),
+        format!("job {id} paused")
+    );
+    s.client.ok(&["resume", &id]);
+    assert!(
+        s.client.ctl(&["resume", &id]).status.success(),
+        "resuming a running job"
+    );
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    s.client.ok(&["cancel", &id]);
+    let leftovers: Vec<_> = std::fs::read_dir(&s.out).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "the partial files are gone when cancel answers"
+    );
+    assert!(
+        s.client.ctl(&["cancel", &id]).status.success(),
+        "cancelling a cancelled job"
+    );
+    let port = s.ports[0].to_string();
+    s.servers.ok(&["stop-server", &port]);
+    s.servers.ok(&["stop-server", &port]);
+    s.servers.ok(&["start-server", &port]);
+    s.servers.ok(&["start-server", &port]);
+}
+
+#[test]
+fn what_a_finished_job_reached_survives_a_restart() {
+    let mut s = slow_setup(1 << 20, 1 << 20);
+    let args = fetch_args(&s.out, &s.ports, &["--wait"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.client.ok(&refs);
+    let path = s.out.join("slow.bin");
+    let saved = format!("saved {}", path.display());
+    assert!(out.lines().last().unwrap().starts_with(&saved), "{out}");
+    assert!(
+        out.contains("verified: every segment against BLAKE3"),
+        "{out}"
+    );
+    let before = s.client.status(1);
+    s.client.restart();
+    let after = s.client.status(1);
+    for field in [
+        "state",
+        "size",
+        "bytes_done",
+        "segments_done",
+        "segments_total",
+        "blake3",
+        "path",
+        "elapsed_ms",
+    ] {
+        assert_eq!(
+            after[field], before[field],
+            "{field} after a restart: {after}"
+        );
+    }
+    assert_eq!(after["bytes_done"], 1 << 20);
+    assert!(
+        after["rate_bps"].as_u64().unwrap() > 0,
+        "the average rate: {after}"
+    );
+}
+
+#[test]
+fn human_sized_rates_and_a_progress_report_on_a_fixed_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    let file = tmp.path().join("f.bin");
+    write_file(&file, 1 << 20, 7);
+    let ports = free_ports(3);
+    serve(&d, &file, &ports[..1], &["--rate", "5M"]);
+    serve(&d, &file, &ports[1..2], &["--rate", "40Mbit"]);
+    serve(&d, &file, &ports[2..], &["--rate", "1K"]);
+    let groups = d.json(&["servers"])["groups"].clone();
+    assert_eq!(groups.as_array().unwrap().len(), 3, "{groups}");
+    let bad = d.ctl(&[
+        "serve",
+        "-n",
+        "1",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        "7001",
+        "--rate",
+        "5X",
+    ]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a unit nobody knows is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a rate"));
+
+    // A job whose figures hardly move (its only source sends 1 KiB/s, so no 64 KiB segment
+    // completes) is still reported every -i seconds, not only when something changes.
+    let out = tmp.path().join("out");
+    let args = fetch_args(
+        &out,
+        &ports[2..],
+        &["--wait", "-i", "1", "--timeout", "3500ms"],
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let waited = ctl_within(&d, &refs, LONG).expect("bounded");
+    assert_eq!(waited.status.code(), Some(7));
+    let reports = String::from_utf8_lossy(&waited.stdout)
+        .lines()
+        .filter(|l| l.starts_with("job 1 "))
+        .count();
+    assert!(reports >= 3, "reports in 3.5 s with -i 1: {reports}");
+}
+
+#[test]
+fn odd_inputs_and_failed_ends_keep_to_the_schema_and_the_exit_table() {
+    let v = schema();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    // A usage error with --json is an error document, exit 2.
+    let usage = json_ctl(&d, &["status", "not-a-number"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let docs = conforming(&v, "a usage error", &usage.stdout);
+    assert_eq!(docs[0]["error"]["exit"], 2);
+    // The JSON error names what is missing, as the text one does on its second line.
+    let missing = json_ctl(&d, &["fetch", "-o", "/tmp", "-a", "127.0.0.1"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let docs = conforming(&v, "a missing argument", &missing.stdout);
+    let message = docs[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("-p <PORT>"), "{message}");
+    // A timeout too long for the clock is no timeout, not a panic.
+    let out = ctl_within(
+        &d,
+        &["watch", "--timeout", "9223372036854775807s"],
+        Duration::from_secs(3),
+    );
+    assert!(out.is_none(), "still watching (not crashed): {out:?}");
+    // A job that fails ends its stream with an "end" event carrying exit 4, then the error.
+    let dead = free_ports(1);
+    let args = fetch_args(&tmp.path().join("out"), &dead, &["--wait"]);
+    let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    refs.insert(0, "--json");
+    let failed = ctl_within(&d, &refs, LONG).expect("a dead source is given up");
+    assert_eq!(failed.status.code(), Some(4));
+    let docs = conforming(&v, "a failed fetch --wait", &failed.stdout);
+    let end = docs
+        .iter()
+        .find(|d| d["event"] == "end")
+        .expect("an end event");
+    assert_eq!(end["exit"], 4);
+    assert_eq!(end["job"]["state"], "failed");
+    assert!(docs.last().unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("failed"));
+}

@@ -1,0 +1,57 @@
+//! Talking to the daemon and printing its answers: one request and its response, and the
+//! output conventions every command shares (`--json` prints one JSON value per line).
+
+use std::path::{Path, PathBuf};
+
+use arsnet_client::Client;
+use arsnet_proto::control::{Request, Response};
+
+use crate::exit::{Exit, Failure};
+use crate::out;
+
+pub fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(path)
+        .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", path.display())))
+}
+
+pub async fn call(socket: &Path, request: Request) -> Result<Response, Failure> {
+    let mut client = Client::connect(socket).await?;
+    Ok(client.call(request).await?)
+}
+
+/// [`call`], passing descriptors this process opened (the daemon acts on what this process could open).
+pub async fn call_with_fds(
+    socket: &Path,
+    request: Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<Response, Failure> {
+    let mut client = Client::connect(socket).await?;
+    client.send_with_fds(request.clone(), fds).await?;
+    Ok(client.answer_to(&request).await?)
+}
+
+/// Prints a command's answer: the JSON document `json_value` with `--json` (see
+/// `crate::json`), else `text`.
+pub fn print_value(json: bool, json_value: serde_json::Value, text: &str) -> Result<Exit, Failure> {
+    if json {
+        crate::json::print(json_value);
+    } else {
+        out::line(text);
+    }
+    Ok(Exit::Ok)
+}
+
+/// The answer to a request that just has to succeed.
+pub fn done(json: bool, response: Response) -> Result<Exit, Failure> {
+    match response {
+        Response::Done => print_value(json, serde_json::json!({ "ok": true }), "ok"),
+        other => unexpected(other),
+    }
+}
+
+pub fn unexpected<T>(response: Response) -> Result<T, Failure> {
+    Err(Failure::new(
+        Exit::Refused,
+        format!("unexpected answer from arsnetd: {response:?}"),
+    ))
+}

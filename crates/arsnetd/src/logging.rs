@@ -1,0 +1,87 @@
+//! The daemon's log: tracing to stderr, in a form that suits where stderr goes. At a
+//! terminal: colours and timestamps. Anywhere else: no ANSI escapes. Into the journal
+//! (`$JOURNAL_STREAM` names our stderr): no timestamps either, journald adds its own. The
+//! filter is `log` from the configuration (flag, `RUST_LOG`, file; see `config.rs`) and can be
+//! replaced by a reload.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+use crate::config::Config;
+
+/// The filter used when the configuration names none.
+const DEFAULT_FILTER: &str = "info";
+
+/// The installed log, whose filter a reload can replace.
+pub(crate) struct Logging {
+    /// `None` when another subscriber was installed first (the demo, which runs the daemon
+    /// in its own process): then there is nothing of ours to change.
+    filter: Option<reload::Handle<EnvFilter, Registry>>,
+}
+
+fn filter_for(config: &Config) -> EnvFilter {
+    let wanted = config.log.as_deref().unwrap_or(DEFAULT_FILTER);
+    // `Config::check` refused a filter that does not parse; this fallback is for a
+    // configuration built in code.
+    EnvFilter::try_new(wanted).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Whether stderr is the stream `$JOURNAL_STREAM` (set by systemd, "DEV:INODE") names.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer it is given, for a descriptor we only read.
+    if unsafe { libc::fstat(libc::STDERR_FILENO, stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    same_stream(dev, ino, &stat)
+}
+
+// dev_t and ino_t are not u64 on every platform.
+#[allow(clippy::unnecessary_cast)]
+fn same_stream(dev: &str, ino: &str, stat: &libc::stat) -> bool {
+    dev.parse::<u64>().ok() == Some(stat.st_dev as u64)
+        && ino.parse::<u64>().ok() == Some(stat.st_ino as u64)
+}
+
+/// Installs the log for the whole process.
+pub(crate) fn init(config: &Config) -> Logging {
+    let (filter, handle) = reload::Layer::new(filter_for(config));
+    let terminal = std::io::stderr().is_terminal();
+    let format = tracing_subscriber::fmt::layer()
+        .with_ansi(terminal)
+        .with_writer(std::io::stderr);
+    let format = if stderr_is_journal() {
+        format.without_time().boxed()
+    } else {
+        format.boxed()
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .try_init()
+        .is_ok();
+    Logging {
+        filter: installed.then_some(handle),
+    }
+}
+
+impl Logging {
+    /// Puts the filter of `config` in force.
+    pub(crate) fn apply(&self, config: &Config) -> Result<(), reload::Error> {
+        match &self.filter {
+            Some(handle) => handle.reload(filter_for(config)),
+            None => Ok(()),
+        }
+    }
+}
