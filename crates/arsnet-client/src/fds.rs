@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-/// Most descriptors one request may carry; more are closed by the kernel (truncated).
-pub const MAX_FDS: usize = 4;
+/// Most descriptors one request may carry (the protocol's limit).
+pub use arsnet_proto::limits::CONTROL_MAX_FDS as MAX_FDS;
 
 /// Control-message buffer big enough for [`MAX_FDS`] descriptors, suitably aligned.
 #[repr(C, align(8))]

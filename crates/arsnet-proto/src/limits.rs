@@ -27,6 +27,9 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// Largest payload of any wire frame except the raw bytes that follow a SEGMENT frame.
 pub const MAX_WIRE_PAYLOAD: u32 = 12 + MAX_DIGESTS_PER_FRAME * 32;
+/// How long a client gives a server's digest table beyond its size at
+/// [`CLIENT_MIN_DIGEST_RATE`].
+pub const CLIENT_DIGEST_GRACE: core::time::Duration = core::time::Duration::from_secs(10);
 /// A client gives a server's digest table 10 s plus its size at this rate (bytes per second)
 /// to arrive, however steadily it trickles: a server cannot hold a job's turn to assemble
 /// that content's table forever. 128 MiB (the largest table) may take 34 minutes.
@@ -58,6 +61,9 @@ pub const CONTROL_SETTLE_TIMEOUT: core::time::Duration = core::time::Duration::f
 pub const CONTROL_ANSWER_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(60);
 /// Control connections the daemon serves at once; further clients wait in the backlog.
 pub const CONTROL_MAX_CONNECTIONS: usize = 256;
+/// Most descriptors one control request may carry (SCM_RIGHTS); the kernel closes more
+/// (the message is truncated) and the request is refused.
+pub const CONTROL_MAX_FDS: usize = 4;
 /// Lowest port a server group may listen on (the spec's rule: no privileged ports).
 pub const MIN_SERVE_PORT: u16 = 1024;
 /// Longest status/metric interval (`-i`, `status_interval_secs`, `metric_interval_secs`):

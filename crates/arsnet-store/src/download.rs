@@ -218,6 +218,11 @@ impl DownloadStore {
         self.store.write_segment(segment, data)
     }
 
+    /// Reads a segment back from the dump (see [`Store::read_segment`]).
+    pub fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        self.store.read_segment(segment, buf)
+    }
+
     /// Durability point for a batch of written segments (see [`Store::commit`]).
     pub fn commit(&mut self, segments: &[u64]) -> Result<(), StoreError> {
         self.store.commit(segments)

@@ -228,6 +228,33 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
         self.committed.len()
     }
 
+    /// Reads `segment` as it is in the dump into `buf` (resized to the segment's length), if
+    /// it is there: written in this run or committed. `Ok(false)` when it is not.
+    pub fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if segment >= self.manifest.segment_count()
+            || !(self.committed.contains(segment) || self.written.contains(segment))
+        {
+            return Ok(false);
+        }
+        let (offset, len) = self.manifest.segment_range(segment);
+        buf.resize(len as usize, 0);
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .dump
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(|e| StoreError::io("reading", &self.dump_path, e))?;
+            if n == 0 {
+                return Err(StoreError::bad_segment(
+                    segment,
+                    format!("the dump ends {done} bytes into it"),
+                ));
+            }
+            done += n;
+        }
+        Ok(true)
+    }
+
     /// Writes a verified segment at its final offset. `data` must be exactly the segment.
     /// The caller has checked it against the manifest's digest.
     pub fn write_segment(&mut self, segment: u64, data: &[u8]) -> Result<(), StoreError> {

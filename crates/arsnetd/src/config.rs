@@ -70,6 +70,9 @@ pub struct DownloadSection {
     pub commit_interval_ms: u64,
     /// Requests in flight per HTTP mirror connection (each its own TCP connection).
     pub mirror_connections: usize,
+    /// In a job of mirrors alone, each mirror's first segment and then one in this many is
+    /// fetched again from other mirrors and compared; 0 turns it off.
+    pub cross_check_every: u64,
 }
 
 impl Default for DownloadSection {
@@ -85,6 +88,7 @@ impl Default for DownloadSection {
             commit_batch: d.commit_batch,
             commit_interval_ms: d.commit_interval.as_millis() as u64,
             mirror_connections: d.mirror_connections,
+            cross_check_every: d.cross_check_every,
         }
     }
 }
@@ -379,6 +383,7 @@ impl Config {
             commit_interval: Duration::from_millis(d.commit_interval_ms.max(1)),
             metric_interval: arsnet_proto::request::interval(metric_interval_secs),
             mirror_connections: d.mirror_connections,
+            cross_check_every: d.cross_check_every,
         }
     }
 }

@@ -28,7 +28,7 @@ mod lock;
 mod logging;
 mod metrics;
 mod paths;
-mod persist;
+pub mod persist;
 mod reload;
 mod service;
 mod state;

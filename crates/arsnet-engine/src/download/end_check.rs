@@ -1,8 +1,14 @@
 //! The whole-file check of a job whose segments no digest table proved (HTTP mirrors
-//! alone): the finished dump is read once through its descriptor, hashed as the user's pin
-//! asks (SHA-256 or BLAKE3), and — in the same pass — cut into the segments' BLAKE3 digests,
-//! so that a mismatch can be traced to the segments, and the sources, that caused it
-//! (`repair`).
+//! alone), or whose user pinned a SHA-256.
+//!
+//! Two halves with one authority. [`RunningCheck`] hashes the file as the pin asks *while it
+//! downloads*, segment by segment in file order (a segment as it is written when it is the
+//! next one, else read back from the dump once the ones before it are in), so that a
+//! matching file is published without a second pass over it. Only a match is taken from
+//! it: anything else — a mismatch, or a hashed segment written again (a repair) — goes to
+//! [`check`], which reads the finished dump once through its descriptor, hashes it and, in
+//! the same pass, cuts it into the segments' BLAKE3 digests, so that a mismatch can be
+//! traced to the segments, and the sources, that caused it (`repair`).
 
 use arsnet_proto::control::Pin;
 use arsnet_proto::{Digest, Manifest};
@@ -20,30 +26,140 @@ pub(crate) struct Mismatch {
 
 /// Hashes the dump of `store` against `pin`: `None` when it matches.
 pub(crate) fn check(store: &DownloadStore, pin: Pin) -> Result<Option<Mismatch>, StoreError> {
-    use sha2::Digest as _;
     let manifest = store.manifest().clone();
     let mut segments = SegmentDigests::new(&manifest);
-    let mut sha = sha2::Sha256::new();
-    let mut blake = blake3::Hasher::new();
+    let mut hasher = PinHasher::new(pin);
     store.scan_dump(|bytes| {
-        match pin {
-            Pin::Sha256(_) => sha.update(bytes),
-            Pin::Blake3(_) => {
-                blake.update(bytes);
-            }
-        }
+        hasher.update(bytes);
         segments.update(bytes);
     })?;
-    let (algorithm, got, pinned) = match pin {
-        Pin::Sha256(pinned) => ("SHA-256", sha.finalize().into(), pinned),
-        Pin::Blake3(pinned) => ("BLAKE3", *blake.finalize().as_bytes(), pinned),
-    };
+    let (algorithm, got, pinned) = hasher.finish();
     Ok((got != pinned).then(|| Mismatch {
         algorithm,
         got,
         pinned,
         segments: segments.finish(),
     }))
+}
+
+/// The hash a pin names, fed in file order.
+enum PinHasher {
+    Sha256(Box<sha2::Sha256>, Digest),
+    Blake3(Box<blake3::Hasher>, Digest),
+}
+
+impl PinHasher {
+    fn new(pin: Pin) -> Self {
+        use sha2::Digest as _;
+        match pin {
+            Pin::Sha256(pinned) => PinHasher::Sha256(Box::new(sha2::Sha256::new()), pinned),
+            Pin::Blake3(pinned) => PinHasher::Blake3(Box::new(blake3::Hasher::new()), pinned),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            PinHasher::Sha256(h, _) => h.update(bytes),
+            PinHasher::Blake3(h, _) => {
+                h.update(bytes);
+            }
+        }
+    }
+
+    /// `(algorithm, got, pinned)`.
+    fn finish(self) -> (&'static str, Digest, Digest) {
+        use sha2::Digest as _;
+        match self {
+            PinHasher::Sha256(h, pinned) => ("SHA-256", h.finalize().into(), pinned),
+            PinHasher::Blake3(h, pinned) => ("BLAKE3", *h.finalize().as_bytes(), pinned),
+        }
+    }
+}
+
+/// Where [`RunningCheck`] reads back a segment that was written before its turn came.
+pub(crate) trait SegmentReader {
+    /// Fills `buf` with `segment` as it is in the dump; `Ok(false)` when it is not there yet.
+    fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError>;
+}
+
+impl SegmentReader for DownloadStore {
+    fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        DownloadStore::read_segment(self, segment, buf)
+    }
+}
+
+/// Segments read back per written segment at most, so that catching up after a late
+/// segment closes a long gap never holds the writer for long (the rest follows with the
+/// next writes, or at the finish).
+pub(crate) const CATCH_UP_PER_WRITE: u64 = 4;
+
+/// The pin's hash of the segments `0..next`, advanced while the download runs.
+pub(crate) struct RunningCheck {
+    pin: Pin,
+    hasher: PinHasher,
+    next: u64,
+    count: u64,
+    /// Set when a segment already hashed is written again: the hash no longer describes the
+    /// dump, and only the full [`check`] can say what it holds.
+    spoiled: bool,
+    buf: Vec<u8>,
+}
+
+impl RunningCheck {
+    pub(crate) fn new(pin: Pin, manifest: &Manifest) -> Self {
+        RunningCheck {
+            pin,
+            hasher: PinHasher::new(pin),
+            next: 0,
+            count: manifest.segment_count(),
+            spoiled: false,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The pin this hash is checked against.
+    pub(crate) fn pin(&self) -> Pin {
+        self.pin
+    }
+
+    /// `segment` was just written with `data`.
+    pub(crate) fn on_written(&mut self, segment: u64, data: &[u8]) {
+        if segment < self.next {
+            self.spoiled = true;
+        } else if segment == self.next && !self.spoiled {
+            self.hasher.update(data);
+            self.next += 1;
+        }
+    }
+
+    /// Hashes up to `budget` further segments that are already in the dump.
+    pub(crate) fn catch_up(
+        &mut self,
+        dump: &impl SegmentReader,
+        mut budget: u64,
+    ) -> Result<(), StoreError> {
+        while budget > 0 && self.next < self.count && !self.spoiled {
+            if !dump.read_segment(self.next, &mut self.buf)? {
+                return Ok(());
+            }
+            self.hasher.update(&self.buf);
+            self.next += 1;
+            budget -= 1;
+        }
+        Ok(())
+    }
+
+    /// Every segment is in: whether the file is, beyond doubt, the pinned content. `false`
+    /// does not mean it is not (the hash may be spoiled): ask [`check`] then.
+    pub(crate) fn matches(mut self, dump: &impl SegmentReader) -> Result<bool, StoreError> {
+        self.catch_up(dump, u64::MAX)?;
+        if self.spoiled || self.next < self.count {
+            return Ok(false);
+        }
+        let (_, got, pinned) = self.hasher.finish();
+        Ok(got == pinned)
+    }
 }
 
 /// Segment digests of a file fed as a stream of chunks of any size.
@@ -105,6 +221,99 @@ impl SegmentDigests {
 mod tests {
     use super::*;
     use arsnet_proto::manifest::digest_all;
+
+    use proptest::prelude::*;
+
+    /// A dump in memory: the segments written so far.
+    struct Segments(Vec<Option<Vec<u8>>>);
+
+    impl SegmentReader for Segments {
+        fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+            match self.0.get(segment as usize) {
+                Some(Some(data)) => {
+                    buf.clone_from(data);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+    }
+
+    /// A small layout and file: 4 KiB segments, the last one short.
+    fn file() -> (Manifest, Vec<Vec<u8>>, Vec<u8>) {
+        let data: Vec<u8> = (0..9 * 4096 + 100u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let manifest =
+            Manifest::new("f".into(), data.len() as u64, 4096, digest_all(&data, 4096)).unwrap();
+        let segments = data.chunks(4096).map(<[u8]>::to_vec).collect();
+        (manifest, segments, data)
+    }
+
+    fn pins(data: &[u8]) -> [Pin; 2] {
+        use sha2::Digest as _;
+        [
+            Pin::Sha256(sha2::Sha256::digest(data).into()),
+            Pin::Blake3(*blake3::hash(data).as_bytes()),
+        ]
+    }
+
+    /// Writes `order` (some already in the dump, as adopted ones are) with catch-up budget
+    /// `budget`, then asks whether the file matches `pin`.
+    fn run(pin: Pin, adopted: &[usize], order: &[usize], budget: u64) -> bool {
+        let (manifest, segments, _) = file();
+        let mut dump = Segments(vec![None; segments.len()]);
+        for &i in adopted {
+            dump.0[i] = Some(segments[i].clone());
+        }
+        let mut running = RunningCheck::new(pin, &manifest);
+        for &i in order {
+            dump.0[i] = Some(segments[i].clone());
+            running.on_written(i as u64, &segments[i]);
+            running.catch_up(&dump, budget).unwrap();
+        }
+        running.matches(&dump).unwrap()
+    }
+
+    proptest! {
+        /// Whatever the order segments arrive in, and whichever were adopted, the running
+        /// hash says "matches" exactly for the right pin.
+        #[test]
+        fn the_running_hash_matches_the_right_pin_in_any_order(
+            order in Just((0..10usize).collect::<Vec<_>>()).prop_shuffle(),
+            adopted in 0..10usize,
+            budget in 0..5u64,
+        ) {
+            let (_, _, data) = file();
+            let (adopted, written) = order.split_at(adopted);
+            for pin in pins(&data) {
+                prop_assert!(run(pin, adopted, written, budget));
+            }
+            for pin in pins(b"another file") {
+                prop_assert!(!run(pin, adopted, written, budget));
+            }
+        }
+    }
+
+    #[test]
+    fn a_hashed_segment_written_again_spoils_the_running_hash() {
+        let (_, _, data) = file();
+        let [sha, _] = pins(&data);
+        // In order, then segment 3 again (a repair rewriting it, with the very same bytes
+        // here): only the full check may answer now.
+        let order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3];
+        assert!(!run(sha, &[], &order, 4));
+        assert!(run(sha, &[], &order[..10], 4));
+    }
+
+    #[test]
+    fn a_missing_segment_is_no_match() {
+        let (_, _, data) = file();
+        let [sha, blake] = pins(&data);
+        let order = [0, 1, 2, 3, 4, 5, 6, 8, 9];
+        assert!(!run(sha, &[], &order, 4));
+        assert!(!run(blake, &[], &order, 4));
+    }
 
     #[test]
     fn digests_of_a_stream_cut_anywhere_are_the_segments_digests() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arsnet_proto::control::Pin;
+use arsnet_proto::manifest::digest_segment;
 use arsnet_proto::{JobTag, Manifest};
 use arsnet_sched::{
     Action, Config as SchedConfig, ConnId, ContentVotes, FailReason, Layout, Phase, Scheduler,
@@ -22,7 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::buffers::BufferPool;
+use super::cross_check::{self, CrossCheck};
 use super::end_check::Mismatch;
+use super::end_check::RunningCheck;
 use super::error::{ContentVote, DownloadError, Outcome, SourceFailure};
 use super::http_client;
 use super::identity::{layout_of, Claim, Manifests};
@@ -69,6 +72,10 @@ struct Job {
     /// Repair rounds run so far, and the sources they convicted (never asked again).
     repairs: u32,
     excluded: std::collections::BTreeMap<usize, String>,
+    /// Samples of mirrors' segments checked against other mirrors while the job runs, and
+    /// the segments of mirrors they convicted, fetched again before the file is finished.
+    cross_check: CrossCheck,
+    tainted: BTreeSet<u64>,
     /// Publishes the decided content's manifest to the connections (mirrors wait for it).
     accepted: watch::Sender<Option<Arc<Manifest>>>,
 }
@@ -153,6 +160,7 @@ impl Job {
         http: reqwest::Client,
     ) -> Self {
         let started = Instant::now();
+        let cross_check_every = spec.config.cross_check_every;
         let (accepted, accepted_rx) = watch::channel(None);
         let ctx = SourceContext {
             events,
@@ -190,6 +198,8 @@ impl Job {
             provenance: HashMap::new(),
             repairs: 0,
             excluded: std::collections::BTreeMap::new(),
+            cross_check: CrossCheck::new(cross_check_every),
+            tainted: BTreeSet::new(),
         }
     }
 
@@ -264,12 +274,17 @@ impl Job {
     }
 
     fn start_writer(&mut self, store: DownloadStore) {
+        let running_check = self
+            .spec
+            .end_check()
+            .map(|pin| RunningCheck::new(pin, store.manifest()));
         let (tx, rx) = spawn_writer(
             store,
             WriterConfig {
                 commit_batch: self.spec.config.commit_batch,
                 commit_interval: self.spec.config.commit_interval,
                 buffers: self.ctx.buffers.clone(),
+                running_check,
             },
         );
         self.writer = Some(tx);
@@ -300,6 +315,9 @@ impl Job {
                     if let Err(reason) = self.on_event(event).await {
                         return self.abort(reason).await;
                     }
+                }
+                Some(finding) = self.cross_check.next(), if self.cross_check.busy() => {
+                    self.on_cross_check(finding);
                 }
                 report = recv_report(&mut self.reports) => {
                     if let Some(outcome) = self.on_report(report).await {
@@ -337,6 +355,15 @@ impl Job {
         self.execute_actions();
         self.open_store_once_decided().await?;
         match self.sched.phase() {
+            // A sample still running may yet convict a mirror: finish once it has spoken.
+            Phase::Complete if !self.finishing && self.cross_check.busy() => Ok(()),
+            Phase::Complete if !self.finishing && !self.tainted.is_empty() => {
+                let manifest = self.manifest.clone().ok_or(DownloadError::NoStorage)?;
+                let again: Vec<u64> = std::mem::take(&mut self.tainted).into_iter().collect();
+                self.close_all("fetching a blamed mirror's segments again");
+                self.refetch(&manifest, &again);
+                Ok(())
+            }
             Phase::Complete if !self.finishing => self.finish().await,
             Phase::Failed(reason) => Err(self.failure(reason)),
             Phase::Disagreement(votes) => Err(self.disagreement(&votes)),
@@ -538,7 +565,9 @@ impl Job {
         }
         self.bytes_done += data.len() as u64;
         if let Some(handle) = self.conns.get(&conn) {
-            self.provenance.insert(segment, handle.server);
+            let server = handle.server;
+            self.provenance.insert(segment, server);
+            self.sample(server, segment, &data);
         }
         let Some(writer) = self.writer.clone() else {
             return Err(self.writer_failure().await);
@@ -651,14 +680,7 @@ impl Job {
         }
         // Still Finishing while referees are asked: the job is verifying its file. Rounds
         // that clear every suspect sample more, in case a mirror lies only now and then.
-        let excluded: BTreeSet<usize> = self.excluded.keys().copied().collect();
-        let referees = Referees {
-            client: &self.ctx.http,
-            sources: &self.spec.sources,
-            excluded: &excluded,
-            manifest: &manifest,
-            buffers: &self.ctx.buffers,
-        };
+        let referees = self.referees(&manifest);
         let verdict = loop {
             if self.repairs >= repair::MAX_ROUNDS {
                 return Err(fail(format!(
@@ -683,6 +705,59 @@ impl Job {
         self.excluded.extend(verdict.culprits);
         self.refetch(&manifest, &verdict.refetch);
         Ok(())
+    }
+
+    /// Starts a cross-check of `segment` as `server` delivered it, if one is due: only in a
+    /// job of mirrors alone (elsewhere a digest table proved it) with a mirror to ask.
+    fn sample(&mut self, server: usize, segment: u64, data: &[u8]) {
+        let Some(manifest) = self.manifest.clone().filter(|m| m.is_unproven()) else {
+            return;
+        };
+        let others =
+            (0..self.spec.sources.len()).any(|s| s != server && !self.excluded.contains_key(&s));
+        if !others || !self.cross_check.wants(server) {
+            return;
+        }
+        let digest = digest_segment(manifest.size, manifest.segment_size, segment, data);
+        let referees = self.referees(&manifest);
+        self.cross_check.start(referees, server, segment, digest);
+    }
+
+    /// What a cross-check found: a convicted source is excluded at once, and what it
+    /// delivered is fetched again once the rest is in.
+    fn on_cross_check(&mut self, finding: cross_check::Finding) {
+        let sources = &self.spec.sources;
+        let Some((server, reason)) = cross_check::culprit(&finding, |i| sources[i].to_string())
+        else {
+            if !matches!(finding.ruling, repair::Ruling::Agreed) {
+                warn!(job = self.spec.id, server = %sources[finding.source], segment = finding.segment, ruling = ?finding.ruling, "cross-check could not settle a segment");
+            }
+            return;
+        };
+        if self.excluded.contains_key(&server) {
+            return;
+        }
+        warn!(job = self.spec.id, server = %sources[server], %reason, "mirror blamed while downloading; its segments will be fetched again");
+        let now = self.now();
+        self.sched.exclude(now, server, reason.clone());
+        self.excluded.insert(server, reason);
+        self.tainted.extend(
+            self.provenance
+                .iter()
+                .filter(|&(_, &s)| s == server)
+                .map(|(&segment, _)| segment),
+        );
+    }
+
+    /// Who may be asked for a segment again: every source not excluded.
+    fn referees(&self, manifest: &Arc<Manifest>) -> Referees {
+        Referees {
+            client: self.ctx.http.clone(),
+            sources: self.spec.sources.clone().into(),
+            excluded: self.excluded.keys().copied().collect(),
+            manifest: manifest.clone(),
+            buffers: self.ctx.buffers.clone(),
+        }
     }
 
     /// Runs the job again for `segments` only, without the excluded sources.

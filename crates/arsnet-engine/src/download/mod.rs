@@ -14,6 +14,7 @@
 
 mod buffers;
 pub mod checksum_url;
+mod cross_check;
 mod end_check;
 mod error;
 mod http_client;

@@ -44,14 +44,68 @@ pub(crate) struct Verdict {
     pub undecided: Option<String>,
 }
 
-/// What the repair needs to ask referees.
-pub(crate) struct Referees<'a> {
-    pub client: &'a reqwest::Client,
-    pub sources: &'a [SourceAddr],
+/// What the repair (and the cross-check while downloading) needs to ask referees. Owned, so
+/// that a cross-check can run beside the job.
+#[derive(Clone)]
+pub(crate) struct Referees {
+    pub client: reqwest::Client,
+    pub sources: Arc<[SourceAddr]>,
     /// Sources already blamed: never asked.
-    pub excluded: &'a BTreeSet<usize>,
-    pub manifest: &'a Arc<Manifest>,
-    pub buffers: &'a BufferPool,
+    pub excluded: BTreeSet<usize>,
+    pub manifest: Arc<Manifest>,
+    pub buffers: BufferPool,
+}
+
+/// What referees say of one segment that `suspect` delivered with digest `claimed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ruling {
+    /// A referee serves the same bytes.
+    Agreed,
+    /// Two referees serve the same other bytes: the suspect lied.
+    Contradicted { by: (usize, usize) },
+    /// A referee served other bytes, and a later one the suspect's: that referee lied.
+    RefereeLied { referee: usize, confirmed_by: usize },
+    /// Referees disagreed with the suspect, and nobody could settle it.
+    Unsettled { against: usize },
+    /// No referee could answer.
+    Unheard,
+}
+
+/// Asks the referees (every source but `suspect` and the excluded) for `segment`, one after
+/// the other, until they settle whether `claimed` is right.
+pub(crate) async fn rule(
+    referees: &Referees,
+    suspect: Option<usize>,
+    segment: u64,
+    claimed: Digest,
+) -> Ruling {
+    let mut against: Vec<(usize, Digest)> = Vec::new();
+    for referee in (0..referees.sources.len())
+        .filter(|r| Some(*r) != suspect && !referees.excluded.contains(r))
+    {
+        let Some(digest) = ask(referees, referee, segment).await else {
+            continue;
+        };
+        if digest == claimed {
+            return match against.first() {
+                Some(&(liar, _)) => Ruling::RefereeLied {
+                    referee: liar,
+                    confirmed_by: referee,
+                },
+                None => Ruling::Agreed,
+            };
+        }
+        if let Some(&(first, _)) = against.iter().find(|(_, d)| *d == digest) {
+            return Ruling::Contradicted {
+                by: (first, referee),
+            };
+        }
+        against.push((referee, digest));
+    }
+    match against.first() {
+        Some(&(r, _)) => Ruling::Unsettled { against: r },
+        None => Ruling::Unheard,
+    }
 }
 
 /// Samples every suspect's segments (`round` 0, 1, … asks more each time) and convicts
@@ -60,7 +114,7 @@ pub(crate) async fn find_culprits(
     mismatch: &Mismatch,
     provenance: &HashMap<u64, usize>,
     round: u32,
-    referees: &Referees<'_>,
+    referees: &Referees,
 ) -> Verdict {
     let samples = FIRST_SAMPLES << round.min(16);
     let mut by_origin: BTreeMap<Origin, Vec<u64>> = BTreeMap::new();
@@ -101,15 +155,14 @@ async fn judge(
     mismatch: &Mismatch,
     suspect: Option<usize>,
     samples: &[u64],
-    referees: &Referees<'_>,
+    referees: &Referees,
 ) -> Judgement {
-    let names: Vec<usize> = (0..referees.sources.len())
-        .filter(|r| Some(*r) != suspect && !referees.excluded.contains(r))
-        .collect();
     let who = suspect.map_or("the journal".to_string(), |s| {
         referees.sources[s].to_string()
     });
-    if names.is_empty() {
+    let has_referee =
+        (0..referees.sources.len()).any(|r| Some(r) != suspect && !referees.excluded.contains(&r));
+    if !has_referee {
         return Judgement::Undecided(format!(
             "every segment came from {who}: no other mirror to compare with"
         ));
@@ -119,31 +172,23 @@ async fn judge(
         let Some(&in_dump) = mismatch.segments.get(segment as usize) else {
             continue;
         };
-        let mut against: Vec<(usize, Digest)> = Vec::new();
-        let mut cleared = false;
-        for &referee in &names {
-            let Some(digest) = ask(referees, referee, segment).await else {
-                continue;
-            };
-            if digest == in_dump {
-                cleared = true;
-                break;
-            }
-            if let Some(&(first, _)) = against.iter().find(|(_, d)| *d == digest) {
+        match rule(referees, suspect, segment, in_dump).await {
+            Ruling::Contradicted { by: (a, b) } => {
                 return Judgement::Convicted(format!(
                     "its segment {segment} differs from what {} and {} serve, and the whole file \
                      failed its {} check",
-                    referees.sources[first], referees.sources[referee], mismatch.algorithm
+                    referees.sources[a], referees.sources[b], mismatch.algorithm
                 ));
             }
-            against.push((referee, digest));
-        }
-        if !cleared && !against.is_empty() {
-            undecided = Some(format!(
-                "segment {segment} from {who} differs from {}, and no third mirror could say \
-                 which one is right",
-                referees.sources[against[0].0]
-            ));
+            Ruling::Unsettled { against } => {
+                undecided = Some(format!(
+                    "segment {segment} from {who} differs from {}, and no third mirror could say \
+                     which one is right",
+                    referees.sources[against]
+                ));
+            }
+            // A lying referee is the cross-check's to catch; here the sample stands.
+            Ruling::Agreed | Ruling::RefereeLied { .. } | Ruling::Unheard => {}
         }
     }
     match undecided {
@@ -153,12 +198,12 @@ async fn judge(
 }
 
 /// The digest of `segment` as `referee` serves it; `None` if it could not say.
-async fn ask(referees: &Referees<'_>, referee: usize, segment: u64) -> Option<Digest> {
+async fn ask(referees: &Referees, referee: usize, segment: u64) -> Option<Digest> {
     let SourceAddr::Http { url } = referees.sources.get(referee)? else {
         return None;
     };
-    let m = referees.manifest;
-    let data = fetch_segment(referees.client, url, m, segment, referees.buffers)
+    let m = &referees.manifest;
+    let data = fetch_segment(&referees.client, url, m, segment, &referees.buffers)
         .await
         .ok()?;
     let digest = digest_segment(m.size, m.segment_size, segment, &data);

@@ -32,6 +32,9 @@ pub struct DownloadConfig {
     /// TCP connection: HTTP/1.1 has no usable pipelining, so with one the link idles for a
     /// round trip between segments, and a long fat link needs more than one TCP window.
     pub mirror_connections: usize,
+    /// In a job of mirrors alone, each mirror's first segment and then one in this many is
+    /// fetched again from other mirrors and compared (see `cross_check`); 0 turns it off.
+    pub cross_check_every: u64,
 }
 
 impl Default for DownloadConfig {
@@ -48,6 +51,7 @@ impl Default for DownloadConfig {
             commit_interval: Duration::from_millis(500),
             metric_interval: Duration::from_secs(1),
             mirror_connections: 2,
+            cross_check_every: 64,
         }
     }
 }

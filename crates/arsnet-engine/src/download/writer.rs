@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::buffers::BufferPool;
-use super::end_check::{self, Mismatch};
+use super::end_check::{self, Mismatch, RunningCheck, SegmentReader, CATCH_UP_PER_WRITE};
 
 /// Messages queued to the writer at most: each may hold a segment buffer.
 pub(crate) const WRITER_QUEUE: usize = 8;
@@ -78,7 +78,7 @@ impl From<StoreError> for WriteError {
 
 /// What the writer needs of a store: the production one is [`DownloadStore`]; tests use a
 /// store over crash-simulating files.
-pub(crate) trait Storage: Send + 'static {
+pub(crate) trait Storage: SegmentReader + Send + 'static {
     fn write_segment(&mut self, segment: u64, data: &[u8]) -> Result<(), StoreError>;
     /// Makes `segments` (all written) durable and journaled.
     fn commit(&mut self, segments: &[u64]) -> Result<(), StoreError>;
@@ -121,6 +121,8 @@ pub(crate) struct WriterConfig {
     pub commit_interval: Duration,
     /// Written segments' buffers go back here for the connections to reuse.
     pub buffers: BufferPool,
+    /// The end check's hash, computed as the segments are written (see `end_check`).
+    pub running_check: Option<RunningCheck>,
 }
 
 /// Runs `f` on the blocking pool with the store, giving the store back.
@@ -157,6 +159,9 @@ struct Writer<S> {
     pending: Vec<u64>,
     deadline: Option<Instant>,
     reports: mpsc::UnboundedSender<WriteReport>,
+    /// Gone after the first finish: a repair rewrites segments, and then the full check
+    /// decides.
+    running: Option<RunningCheck>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -188,9 +193,18 @@ impl<S: Storage> Writer<S> {
     async fn handle(&mut self, msg: WriteMsg, config: &WriterConfig) -> Result<bool, WriteError> {
         match msg {
             WriteMsg::Segment { segment, data } => {
-                let data = self
-                    .with_store(move |s| s.write_segment(segment, &data).map(|()| data))
+                let mut running = self.running.take();
+                let (data, running) = self
+                    .with_store(move |s| {
+                        s.write_segment(segment, &data)?;
+                        if let Some(running) = running.as_mut() {
+                            running.on_written(segment, &data);
+                            running.catch_up(s, CATCH_UP_PER_WRITE)?;
+                        }
+                        Ok((data, running))
+                    })
                     .await?;
+                self.running = running;
                 config.buffers.give(data);
                 self.pending.push(segment);
                 self.deadline
@@ -203,8 +217,22 @@ impl<S: Storage> Writer<S> {
             WriteMsg::Finish(finish) => {
                 self.commit().await?;
                 if let Some(pin) = finish.check {
+                    let running = self.running.take().filter(|r| r.pin() == pin);
                     let store = self.store.take().ok_or(WriteError::Gone)?;
-                    let (store, checked) = on_pool(store, move |s| s.check(pin)).await;
+                    let (store, checked) = on_pool(store, move |s| {
+                        // Only a match is taken from the running hash; the full pass
+                        // decides anything else, and says which segments differ.
+                        let matched = match running {
+                            Some(running) => running.matches(s)?,
+                            None => false,
+                        };
+                        if matched {
+                            Ok(None)
+                        } else {
+                            s.check(pin)
+                        }
+                    })
+                    .await;
                     self.store = store;
                     if let Some(mismatch) = checked? {
                         // The store stays: the job may repair the dump and finish again.
@@ -235,7 +263,7 @@ impl<S: Storage> Writer<S> {
 
 pub(crate) fn spawn_writer<S: Storage>(
     store: S,
-    config: WriterConfig,
+    mut config: WriterConfig,
 ) -> (mpsc::Sender<WriteMsg>, mpsc::UnboundedReceiver<WriteReport>) {
     let (tx, mut rx) = mpsc::channel::<WriteMsg>(WRITER_QUEUE);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -245,6 +273,7 @@ pub(crate) fn spawn_writer<S: Storage>(
             pending: Vec::new(),
             deadline: None,
             reports: report_tx,
+            running: config.running_check.take(),
         };
         loop {
             let deadline = writer.deadline;
@@ -286,6 +315,12 @@ mod tests {
     use arsnet_store::{Store, StorePaths};
 
     const SEG: u32 = 4096;
+
+    impl SegmentReader for Store<CrashFile, CrashFile> {
+        fn read_segment(&self, segment: u64, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+            Store::read_segment(self, segment, buf)
+        }
+    }
 
     impl Storage for Store<CrashFile, CrashFile> {
         fn write_segment(&mut self, segment: u64, data: &[u8]) -> Result<(), StoreError> {
@@ -356,6 +391,7 @@ mod tests {
                 commit_batch: batch,
                 commit_interval: Duration::from_secs(3600),
                 buffers: BufferPool::new(4),
+                running_check: None,
             };
             spawn_writer(store, config)
         }

@@ -283,51 +283,118 @@ fn a_checksum_url_pins_the_job_to_its_line_for_the_file() {
     assert!(said.contains("lists no line for f.bin"), "{said}");
 }
 
-/// One mirror of four flips a byte in every MiB. Alone, the mirrors' segments cannot be
-/// checked one by one; the whole-file check fails, the mirrors are compared segment by
-/// segment, the liar is blamed and what it sent is fetched again from the others.
-#[test]
-fn a_mirror_flipping_a_byte_per_mib_is_found_by_provenance_and_its_segments_fetched_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let good_root = tmp.path().join("good");
-    let bad_root = tmp.path().join("bad");
-    std::fs::create_dir_all(&good_root).unwrap();
-    std::fs::create_dir_all(&bad_root).unwrap();
-    let data = write_file(&good_root.join("f.bin"), 16 << 20, 5);
-    let mut flipped = data.clone();
-    for i in (512..flipped.len()).step_by(1 << 20) {
-        flipped[i] ^= 0x01;
+/// Four nginx mirrors of a 16 MiB file, the first of which flips a byte in every MiB.
+struct Flipping {
+    tmp: tempfile::TempDir,
+    data: Vec<u8>,
+    good: Vec<Nginx>,
+    liar: Nginx,
+    sha256: String,
+}
+
+impl Flipping {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let good_root = tmp.path().join("good");
+        let bad_root = tmp.path().join("bad");
+        std::fs::create_dir_all(&good_root).unwrap();
+        std::fs::create_dir_all(&bad_root).unwrap();
+        let data = write_file(&good_root.join("f.bin"), 16 << 20, 5);
+        let mut flipped = data.clone();
+        for i in (512..flipped.len()).step_by(1 << 20) {
+            flipped[i] ^= 0x01;
+        }
+        std::fs::write(bad_root.join("f.bin"), &flipped).unwrap();
+        let good = (0..3).map(|_| Nginx::start(&good_root, "")).collect();
+        let liar = Nginx::start(&bad_root, "");
+        let sha256 = sha256_hex(&good_root.join("f.bin"));
+        Flipping {
+            tmp,
+            data,
+            good,
+            liar,
+            sha256,
+        }
     }
-    std::fs::write(bad_root.join("f.bin"), &flipped).unwrap();
-    let good: Vec<Nginx> = (0..3).map(|_| Nginx::start(&good_root, "")).collect();
-    let liar = Nginx::start(&bad_root, "");
-    let client = Daemon::start(&tmp.path().join("cli"));
-    let mut sources = vec![liar.url("f.bin")];
-    sources.extend(good.iter().map(|n| n.url("f.bin")));
-    let sha256 = sha256_hex(&good_root.join("f.bin"));
-    let blake3 = blake3_hex(&data);
-    for (i, pin) in [("--sha256", sha256.as_str()), ("--blake3", blake3.as_str())]
-        .into_iter()
-        .enumerate()
-    {
-        let out = tmp.path().join(format!("out{i}"));
-        let job = fetch_sources(&client, &out, &sources, &[pin.0, pin.1]);
-        let status = completed(&client, job);
-        assert_same(&out.join("f.bin"), &data);
-        let blamed = crate::http_mirrors::source(&status, &liar.url("f.bin"));
-        assert_eq!(blamed["state"], "blamed", "{pin:?}: {status}");
-        assert!(
-            blamed["detail"]
-                .as_str()
-                .unwrap()
-                .contains("differs from what"),
-            "{status}"
-        );
-        for n in &good {
-            let honest = crate::http_mirrors::source(&status, &n.url("f.bin"));
+
+    fn sources(&self) -> Vec<String> {
+        let mut sources = vec![self.liar.url("f.bin")];
+        sources.extend(self.good.iter().map(|n| n.url("f.bin")));
+        sources
+    }
+
+    /// A client daemon; `cross_check_every = 0` turns the cross-check off.
+    fn client(&self, name: &str, cross_check_every: u64) -> Daemon {
+        let config = format!("{TEST_CONFIG}cross_check_every = {cross_check_every}\n");
+        Daemon::start_with_config(&self.tmp.path().join(name), &config)
+    }
+
+    /// The liar is blamed, saying `why`; no honest mirror is.
+    fn assert_only_the_liar_blamed(&self, status: &serde_json::Value, why: &str) {
+        let blamed = crate::http_mirrors::source(status, &self.liar.url("f.bin"));
+        assert_eq!(blamed["state"], "blamed", "{status}");
+        let detail = blamed["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{detail}: {status}");
+        for n in &self.good {
+            let honest = crate::http_mirrors::source(status, &n.url("f.bin"));
             assert_ne!(honest["state"], "blamed", "{status}");
         }
     }
+}
+
+/// One mirror of four flips a byte in every MiB, and the cross-check while downloading is
+/// off. Alone, the mirrors' segments cannot be checked one by one; the whole-file check
+/// fails, the mirrors are compared segment by segment, the liar is blamed and what it sent
+/// is fetched again from the others.
+#[test]
+fn a_mirror_flipping_a_byte_per_mib_is_found_by_provenance_and_its_segments_fetched_again() {
+    let f = Flipping::start();
+    let client = f.client("cli", 0);
+    let blake3 = blake3_hex(&f.data);
+    for (i, pin) in [
+        ("--sha256", f.sha256.as_str()),
+        ("--blake3", blake3.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = f.tmp.path().join(format!("out{i}"));
+        let job = fetch_sources(&client, &out, &f.sources(), &[pin.0, pin.1]);
+        let status = completed(&client, job);
+        assert_same(&out.join("f.bin"), &f.data);
+        f.assert_only_the_liar_blamed(&status, "failed its");
+    }
+}
+
+/// The same liar, found while downloading: its first segment is fetched again from the
+/// others, two agree against it, it is blamed at once and what it sent is fetched again —
+/// which even a job without any end check (`--no-verify`) relies on. With the cross-check
+/// off, that job publishes the liar's bytes (what makes this test able to fail).
+#[test]
+fn a_lying_mirror_is_caught_by_the_cross_check_while_downloading() {
+    let f = Flipping::start();
+    let client = f.client("cli", 64);
+    let out = f.tmp.path().join("checked");
+    let job = fetch_sources(&client, &out, &f.sources(), &["--no-verify"]);
+    let status = completed(&client, job);
+    assert_same(&out.join("f.bin"), &f.data);
+    f.assert_only_the_liar_blamed(&status, "cross-check: its segment");
+    // With a pin too: caught before the end, so the whole-file check passes the first time.
+    let out = f.tmp.path().join("pinned");
+    let job = fetch_sources(&client, &out, &f.sources(), &["--sha256", &f.sha256]);
+    let status = completed(&client, job);
+    assert_same(&out.join("f.bin"), &f.data);
+    f.assert_only_the_liar_blamed(&status, "cross-check: its segment");
+
+    let unchecked = f.client("unchecked", 0);
+    let out = f.tmp.path().join("unchecked");
+    let job = fetch_sources(&unchecked, &out, &f.sources(), &["--no-verify"]);
+    completed(&unchecked, job);
+    let got = std::fs::read(out.join("f.bin")).unwrap();
+    assert_ne!(
+        got, f.data,
+        "without the cross-check the liar's bytes are kept"
+    );
 }
 
 /// `fetch -r` of a running job with a pin the job was not started with is refused: the run

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arsnet_proto::limits::{CLIENT_MIN_DIGEST_RATE, WIRE_VERSION};
+use arsnet_proto::limits::{CLIENT_DIGEST_GRACE, CLIENT_MIN_DIGEST_RATE, WIRE_VERSION};
 use arsnet_proto::wire::{
     check_segment_head, ClientFrame, Header, ManifestAssembler, SegmentHead, ServerFrame,
     FRAME_HEADER_LEN,
@@ -127,15 +127,12 @@ where
         return Ok(known);
     }
     let table = header.segment_count.saturating_mul(32);
-    let bound = HANDSHAKE_GRACE + Duration::from_secs(table / CLIENT_MIN_DIGEST_RATE);
+    let bound = CLIENT_DIGEST_GRACE + Duration::from_secs(table / CLIENT_MIN_DIGEST_RATE);
     let manifest = tokio::time::timeout(bound, assemble(stream, &mut payload, header, link))
         .await
         .map_err(|_| SourceError::DigestsTooSlow(bound))??;
     Ok(link.manifests.insert(Arc::new(manifest)))
 }
-
-/// How long a digest table may take beyond its size at [`CLIENT_MIN_DIGEST_RATE`].
-const HANDSHAKE_GRACE: Duration = Duration::from_secs(10);
 
 /// Waits for the turn to assemble `identity`'s table while another connection of this job
 /// assembles it. Waiting on a sibling is not silence of this server (it sent its header),

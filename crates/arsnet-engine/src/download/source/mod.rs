@@ -9,12 +9,13 @@
 //!
 //! The connection task around a source ([`spawn`]) is shared, and [`spawn`] is the one place
 //! that looks at a [`SourceAddr`] to choose the implementation: an ArsNet server is
-//! [`arsnet`]; a new kind (an HTTP mirror) is one new module and one arm there. The job never
-//! learns which kind it talks to.
+//! [`arsnet`]; a new kind (an HTTP mirror) is one new module and one arm there.
 //!
-//! A source keeps no timers: it reports bytes as they arrive ([`Link::progressed`]), the job
-//! feeds them to the scheduler, and the scheduler decides when silence has lasted too long
-//! (handshake or stall) and tells the job to drop the connection, which aborts its task.
+//! A source keeps no scheduling timers: it reports bytes as they arrive ([`Link::progressed`]),
+//! the job feeds them to the scheduler, and the scheduler decides when silence has lasted too
+//! long (handshake or stall) and tells the job to drop the connection, which aborts its task.
+//! The one deadline inside a source is a protocol bound on reading a digest table
+//! (`CLIENT_DIGEST_GRACE`, see ARCHITECTURE.md "Deliberately absent").
 
 pub(crate) mod arsnet;
 mod http;
