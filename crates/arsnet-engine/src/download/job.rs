@@ -751,9 +751,12 @@ impl Job {
 
     /// Who may be asked for a segment again: every source not excluded.
     fn referees(&self, manifest: &Arc<Manifest>) -> Referees {
+        let mut order: Vec<usize> = (0..self.spec.sources.len()).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(self.meters.get(s).map_or(0, |m| m.rate.rate())));
         Referees {
             client: self.ctx.http.clone(),
             sources: self.spec.sources.clone().into(),
+            order,
             excluded: self.excluded.keys().copied().collect(),
             manifest: manifest.clone(),
             buffers: self.ctx.buffers.clone(),

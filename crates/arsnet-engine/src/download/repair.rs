@@ -50,6 +50,9 @@ pub(crate) struct Verdict {
 pub(crate) struct Referees {
     pub client: reqwest::Client,
     pub sources: Arc<[SourceAddr]>,
+    /// The order referees are asked in: the fastest first, so a sample's answer waits on
+    /// the link that delivers it soonest.
+    pub order: Vec<usize>,
     /// Sources already blamed: never asked.
     pub excluded: BTreeSet<usize>,
     pub manifest: Arc<Manifest>,
@@ -80,8 +83,10 @@ pub(crate) async fn rule(
     claimed: Digest,
 ) -> Ruling {
     let mut against: Vec<(usize, Digest)> = Vec::new();
-    for referee in (0..referees.sources.len())
-        .filter(|r| Some(*r) != suspect && !referees.excluded.contains(r))
+    for &referee in referees
+        .order
+        .iter()
+        .filter(|&&r| Some(r) != suspect && !referees.excluded.contains(&r))
     {
         let Some(digest) = ask(referees, referee, segment).await else {
             continue;
