@@ -136,6 +136,10 @@ pub const MAX_CHECKSUM_FILE_BYTES: usize = 1 << 20;
 /// Longest a checksum file may take to arrive (connect to last byte), in seconds; the
 /// `fetch` request waits for it.
 pub const CHECKSUM_FETCH_SECS: u64 = 30;
+/// Longest one cross-check sample (a segment fetched again from referees, one after the
+/// other) may take; past it the sample says nothing. A job waits for its samples before it
+/// finishes, so a referee that trickles must not hold it.
+pub const CROSS_CHECK_SAMPLE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(60);
 /// Extra CA certificates one `fetch` may give (`--ca-cert`), and the size of each (PEM).
 pub const MAX_CA_CERTS: usize = 8;
 pub const MAX_CA_CERT_BYTES: usize = 64 * 1024;

@@ -9,9 +9,12 @@
 //! Samples run beside the job (a `JoinSet`, aborted with it), at most [`MAX_RUNNING`] at
 //! once; a sample due while that many run is skipped, and the next delivery is sampled
 //! instead. The cost is one segment per source plus one in `every` from a referee's link.
+//! A sample that takes longer than `CROSS_CHECK_SAMPLE_TIMEOUT` says nothing (the job waits
+//! for running samples before it finishes, so a trickling referee must not hold it).
 
 use std::collections::HashMap;
 
+use arsnet_proto::limits::CROSS_CHECK_SAMPLE_TIMEOUT;
 use arsnet_proto::Digest;
 use tokio::task::JoinSet;
 
@@ -67,7 +70,12 @@ impl CrossCheck {
         digest: Digest,
     ) {
         self.running.spawn(async move {
-            let ruling = rule(&referees, Some(source), segment, digest).await;
+            let ruling = tokio::time::timeout(
+                CROSS_CHECK_SAMPLE_TIMEOUT,
+                rule(&referees, Some(source), segment, digest),
+            )
+            .await
+            .unwrap_or(Ruling::Unheard);
             Finding {
                 source,
                 segment,
