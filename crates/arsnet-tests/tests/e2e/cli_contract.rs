@@ -421,3 +421,43 @@ fn odd_inputs_and_failed_ends_keep_to_the_schema_and_the_exit_table() {
         .unwrap()
         .contains("failed"));
 }
+
+#[test]
+fn a_non_utf8_argument_or_a_closed_stderr_is_no_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let v = schema();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("none.sock");
+    let bad = std::ffi::OsStr::from_bytes(b"\xff");
+    let run = |json: bool| {
+        let mut command = Command::new(bin("arsnetctl"));
+        command.arg("--socket").arg(&socket);
+        if json {
+            command.arg("--json");
+        }
+        command.arg("status").arg(bad).output().unwrap()
+    };
+    // A usage error (exit 2) naming the cause, in text and as a JSON error document.
+    let out = run(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid UTF-8"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = run(true);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let docs = conforming(&v, "a non-UTF-8 argument", &out.stdout);
+    assert_eq!(docs[0]["error"]["exit"], 2);
+
+    // A closed stderr loses the message, not the exit code: 3 (no daemon), never 101.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["status", "1"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}
