@@ -247,10 +247,15 @@ fn a_daemon_that_stops_during_a_wait_leaves_a_hint() {
     let out = waiter.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("continues when arsnetd runs again"),
-        "{stderr}"
-    );
+    let id = 1;
+    for hint in [
+        "continues when arsnetd runs again".to_string(),
+        format!("`arsnetctl status {id}`"),
+        format!("`arsnetctl resume {id}` resumes it"),
+        format!("`arsnetctl cancel {id}` stops it"),
+    ] {
+        assert!(stderr.contains(&hint), "{hint:?} in {stderr}");
+    }
     s.client.wait_exit(LONG);
 }
 
