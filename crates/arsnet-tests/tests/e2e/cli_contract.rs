@@ -466,3 +466,39 @@ fn a_non_utf8_argument_or_a_closed_stderr_is_no_panic() {
         .unwrap();
     assert_eq!(status.code(), Some(3), "{status:?}");
 }
+
+#[test]
+fn json_answers_on_a_running_job_and_shutdown_fit_the_schema() {
+    let v = schema();
+    let mut s = slow_setup(8 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    let id = job.to_string();
+    s.client
+        .wait_job(job, LONG, |st| st["segments_done"].as_u64() > Some(0));
+    for (request, state) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("cancel", "cancelled"),
+    ] {
+        if request == "cancel" {
+            s.client
+                .wait_job(job, LONG, |st| job_state(st) == "running");
+        }
+        let out = json_ctl(&s.client, &[request, &id]);
+        assert!(out.status.success(), "{request}: {out:?}");
+        let docs = conforming(&v, request, &out.stdout);
+        assert_eq!(docs[0]["ok"], true, "{request}: {:?}", docs[0]);
+        assert_eq!(docs[0]["job"]["state"], state, "{request}: {:?}", docs[0]);
+    }
+    // Neither a manual page nor a completion script pretends to be JSON.
+    for args in [vec!["man"], vec!["completions", "bash"]] {
+        let out = json_ctl(&s.client, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let docs = conforming(&v, args[0], &out.stdout);
+        assert_eq!(docs[0]["error"]["exit"], 2);
+    }
+    let out = json_ctl(&s.client, &["shutdown"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(conforming(&v, "shutdown", &out.stdout)[0]["ok"], true);
+    s.client.wait_exit(LONG);
+}
