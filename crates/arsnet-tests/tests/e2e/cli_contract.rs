@@ -502,3 +502,42 @@ fn json_answers_on_a_running_job_and_shutdown_fit_the_schema() {
     assert_eq!(conforming(&v, "shutdown", &out.stdout)[0]["ok"], true);
     s.client.wait_exit(LONG);
 }
+
+#[test]
+fn watch_id_ends_with_the_jobs_exit_code() {
+    // 4 sources at 128 KiB/s each: 2 MiB take about 4 s, time to attach a watcher.
+    let s = slow_setup(2 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    let out = ctl_within(&s.client, &["watch", &job.to_string()], LONG).expect("watch ended");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(job_state(&s.client.status(job)), "completed");
+
+    // Cancelled from another process while watched: exit 5.
+    let other = s.tmp.path().join("again");
+    let job = fetch(&s.client, &other, &s.ports, &[]);
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    let mut watcher = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&s.client.socket)
+        .args(["watch", &job.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    s.client.ok(&["cancel", &job.to_string()]);
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = watcher.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = watcher.kill();
+            panic!("watch {job} did not end after the job was cancelled");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(5), "{status:?}");
+}
