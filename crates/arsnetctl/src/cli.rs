@@ -9,8 +9,11 @@ use clap::{Parser, Subcommand};
 /// arsnetctl — control the ArsNet daemon: serve a file on virtual servers, download a file
 /// from many servers at once, and watch, pause, resume or cancel downloads.
 ///
-/// Exit codes: 0 success; 1 request refused or failed; 2 usage error; 3 daemon unreachable;
-/// 4 download failed; 5 download cancelled; 6 download paused while waiting on it.
+/// Exit codes: 0 success; 1 request refused or failed; 2 usage error; 3 daemon unreachable
+/// or connection lost; 4 download failed; 5 download cancelled; 6 download paused while
+/// waiting on it; 7 --timeout passed (the job continues); 130 interrupted by Ctrl-C (the job
+/// continues). A closed stdout (`arsnetctl watch | head -1`) ends the command killed by
+/// SIGPIPE (141 in a shell), as coreutils end.
 #[derive(Debug, Parser)]
 #[command(name = "arsnetctl", version)]
 pub struct Cli {
@@ -256,6 +259,56 @@ pub struct WatchArgs {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    use crate::exit::Exit;
+
+    /// The codes listed after "Exit codes:" in `text`, up to the first blank line.
+    fn listed_codes(text: &str) -> Vec<u8> {
+        let start = text.find("Exit codes:").expect("an exit code list") + "Exit codes:".len();
+        let list = text[start..].split("\n\n").next().unwrap();
+        list.split(';')
+            .filter_map(|item| item.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// `arsnetctl --help` lists exactly the exit codes of `exit.rs`, and the SIGPIPE end.
+    #[test]
+    fn help_lists_every_exit_code() {
+        let help = super::Cli::command().render_long_help().to_string();
+        let codes: Vec<u8> = Exit::ALL.iter().map(|&e| e as u8).collect();
+        assert_eq!(listed_codes(&help), codes, "{help}");
+        assert!(help.contains("SIGPIPE"), "{help}");
+    }
+
+    /// README's exit table has the same codes (and the SIGPIPE row).
+    #[test]
+    fn readme_lists_every_exit_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let table = readme
+            .split("### Exit codes (`arsnetctl`)")
+            .nth(1)
+            .expect("the exit table");
+        let rows: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let codes: Vec<u8> = rows
+            .iter()
+            .filter_map(|row| {
+                row.trim_start_matches('|')
+                    .split('|')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let expected: Vec<u8> = Exit::ALL.iter().map(|&e| e as u8).collect();
+        assert_eq!(codes, expected, "{table}");
+        assert!(rows.iter().any(|r| r.contains("SIGPIPE")), "{table}");
+    }
 
     /// `--help` describes every flag and argument of every command.
     #[test]

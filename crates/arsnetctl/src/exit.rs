@@ -23,6 +23,21 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+impl Exit {
+    /// Every code, in order (`--help` and README's table list exactly these).
+    pub const ALL: [Exit; 9] = [
+        Exit::Ok,
+        Exit::Refused,
+        Exit::Usage,
+        Exit::Unreachable,
+        Exit::JobFailed,
+        Exit::JobCancelled,
+        Exit::JobPaused,
+        Exit::Timeout,
+        Exit::Interrupted,
+    ];
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
@@ -72,6 +87,30 @@ impl From<arsnet_client::ClientError> for Failure {
             ClientError::Frame(e) => Failure::new(Exit::Unreachable, format!("lost connection to arsnetd: {e}")),
             e @ ClientError::NoAnswer(_) => Failure::new(Exit::Unreachable, e.to_string()),
             ClientError::Daemon(e) => Failure::new(Exit::Refused, e.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    /// A new variant does not compile until it has a place in `Exit::ALL`.
+    #[test]
+    fn all_holds_every_variant() {
+        for (i, e) in Exit::ALL.iter().enumerate() {
+            let place = match e {
+                Exit::Ok => 0,
+                Exit::Refused => 1,
+                Exit::Usage => 2,
+                Exit::Unreachable => 3,
+                Exit::JobFailed => 4,
+                Exit::JobCancelled => 5,
+                Exit::JobPaused => 6,
+                Exit::Timeout => 7,
+                Exit::Interrupted => 8,
+            };
+            assert_eq!(place, i, "{e:?}");
         }
     }
 }

@@ -2,16 +2,17 @@
 //! exit code (see `exit.rs`). Errors print one line on stderr, never a backtrace; with
 //! `--json` they are also printed on stdout as `{"schema":1,"error":{...}}`.
 
-use arsnetctl::{cli, commands, exit, json};
+use arsnetctl::{cli, commands, exit, json, out};
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // A usage error is an error document too when the caller asked for JSON (help
+            // A usage error is an error document too (args_os: an argument that is not
+            // UTF-8 is such a usage error, not a reason to panic) when the caller asked for JSON (help
             // and version are not errors, and print as they always do).
-            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
                 // The whole error (clap lists missing arguments on the lines after the
                 // first), without the usage and "try --help" lines that follow a blank line.
                 let message = e.to_string();
@@ -32,7 +33,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("arsnetctl: cannot start the async runtime: {e}");
+            out::err_line(&format!("arsnetctl: cannot start the async runtime: {e}"));
             return exit::Exit::Refused.into();
         }
     };
@@ -43,7 +44,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(failure) => {
-            eprintln!("arsnetctl: {}", failure.message);
+            out::err_line(&format!("arsnetctl: {}", failure.message));
             if as_json {
                 json::print(serde_json::json!({
                     "error": { "exit": failure.exit as u8, "message": failure.message }

@@ -2,6 +2,8 @@
 //! watch | head -1`) ends the command the way it ends coreutils: killed by SIGPIPE, quietly,
 //! never a panic. Rust ignores SIGPIPE so that a write to the control socket returns an
 //! error instead of killing us; stdout is the one place where the default behaviour is right.
+//! Messages for stderr go through [`err_line`]: a closed stderr (`2>&-`, a reader that went
+//! away) loses the message but never turns it into a panic and exit code 101.
 
 use std::io::Write;
 
@@ -18,6 +20,16 @@ pub fn text(text: &str) {
 /// Prints raw bytes (a generated completion script, a man page).
 pub fn bytes(bytes: &[u8]) {
     write(bytes, false);
+}
+
+/// Prints `text` and a newline on stderr, ignoring every error: there is nowhere left to
+/// report that stderr itself failed, and the exit code still tells the outcome.
+pub fn err_line(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_all(text.as_bytes())
+        .and_then(|()| stderr.write_all(b"\n"))
+        .and_then(|()| stderr.flush());
 }
 
 fn write(bytes: &[u8], newline: bool) {
@@ -37,7 +49,7 @@ fn write(bytes: &[u8], newline: bool) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_of_sigpipe(),
         Err(e) => {
             // Nowhere left to say it but stderr; exit as a failed command.
-            eprintln!("arsnetctl: cannot write to stdout: {e}");
+            err_line(&format!("arsnetctl: cannot write to stdout: {e}"));
             std::process::exit(1);
         }
     }

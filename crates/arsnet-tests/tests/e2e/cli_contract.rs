@@ -247,10 +247,15 @@ fn a_daemon_that_stops_during_a_wait_leaves_a_hint() {
     let out = waiter.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("continues when arsnetd runs again"),
-        "{stderr}"
-    );
+    let id = 1;
+    for hint in [
+        "continues when arsnetd runs again".to_string(),
+        format!("`arsnetctl status {id}`"),
+        format!("`arsnetctl resume {id}` resumes it"),
+        format!("`arsnetctl cancel {id}` stops it"),
+    ] {
+        assert!(stderr.contains(&hint), "{hint:?} in {stderr}");
+    }
     s.client.wait_exit(LONG);
 }
 
@@ -420,4 +425,119 @@ fn odd_inputs_and_failed_ends_keep_to_the_schema_and_the_exit_table() {
         .as_str()
         .unwrap()
         .contains("failed"));
+}
+
+#[test]
+fn a_non_utf8_argument_or_a_closed_stderr_is_no_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let v = schema();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("none.sock");
+    let bad = std::ffi::OsStr::from_bytes(b"\xff");
+    let run = |json: bool| {
+        let mut command = Command::new(bin("arsnetctl"));
+        command.arg("--socket").arg(&socket);
+        if json {
+            command.arg("--json");
+        }
+        command.arg("status").arg(bad).output().unwrap()
+    };
+    // A usage error (exit 2) naming the cause, in text and as a JSON error document.
+    let out = run(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid UTF-8"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = run(true);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let docs = conforming(&v, "a non-UTF-8 argument", &out.stdout);
+    assert_eq!(docs[0]["error"]["exit"], 2);
+
+    // A closed stderr loses the message, not the exit code: 3 (no daemon), never 101.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["status", "1"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}
+
+#[test]
+fn json_answers_on_a_running_job_and_shutdown_fit_the_schema() {
+    let v = schema();
+    let mut s = slow_setup(8 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    let id = job.to_string();
+    s.client
+        .wait_job(job, LONG, |st| st["segments_done"].as_u64() > Some(0));
+    for (request, state) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("cancel", "cancelled"),
+    ] {
+        if request == "cancel" {
+            s.client
+                .wait_job(job, LONG, |st| job_state(st) == "running");
+        }
+        let out = json_ctl(&s.client, &[request, &id]);
+        assert!(out.status.success(), "{request}: {out:?}");
+        let docs = conforming(&v, request, &out.stdout);
+        assert_eq!(docs[0]["ok"], true, "{request}: {:?}", docs[0]);
+        assert_eq!(docs[0]["job"]["state"], state, "{request}: {:?}", docs[0]);
+    }
+    // Neither a manual page nor a completion script pretends to be JSON.
+    for args in [vec!["man"], vec!["completions", "bash"]] {
+        let out = json_ctl(&s.client, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let docs = conforming(&v, args[0], &out.stdout);
+        assert_eq!(docs[0]["error"]["exit"], 2);
+    }
+    let out = json_ctl(&s.client, &["shutdown"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(conforming(&v, "shutdown", &out.stdout)[0]["ok"], true);
+    s.client.wait_exit(LONG);
+}
+
+#[test]
+fn watch_id_ends_with_the_jobs_exit_code() {
+    // 4 sources at 128 KiB/s each: 2 MiB take about 4 s, time to attach a watcher.
+    let s = slow_setup(2 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    let out = ctl_within(&s.client, &["watch", &job.to_string()], LONG).expect("watch ended");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(job_state(&s.client.status(job)), "completed");
+
+    // Cancelled from another process while watched: exit 5.
+    let other = s.tmp.path().join("again");
+    let job = fetch(&s.client, &other, &s.ports, &[]);
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    let mut watcher = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&s.client.socket)
+        .args(["watch", &job.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    s.client.ok(&["cancel", &job.to_string()]);
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = watcher.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = watcher.kill();
+            panic!("watch {job} did not end after the job was cancelled");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(5), "{status:?}");
 }

@@ -124,7 +124,9 @@ pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, F
     } else if !args.quiet {
         crate::out::line(&id.to_string());
         if attached {
-            eprintln!("arsnetctl: attached to job {id}, which already downloads this");
+            crate::out::err_line(&format!(
+                "arsnetctl: attached to job {id}, which already downloads this"
+            ));
         }
     }
     if args.wait {

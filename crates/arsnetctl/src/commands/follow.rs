@@ -230,7 +230,7 @@ fn lost(id: JobId, e: ClientError) -> Failure {
     let mut failure = Failure::from(e);
     if failure.exit == Exit::Unreachable {
         failure.message = format!(
-            "{} (is arsnetd stopping?); job {id} is saved and continues when arsnetd runs again: `arsnetctl status {id}` then tells how it stands",
+            "{} (is arsnetd stopping?); job {id} is saved and continues when arsnetd runs again: `arsnetctl status {id}` then tells how it stands, `arsnetctl resume {id}` resumes it if it is paused, `arsnetctl cancel {id}` stops it",
             failure.message
         );
     }

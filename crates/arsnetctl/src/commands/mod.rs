@@ -40,6 +40,11 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Metrics => metrics(socket, json).await,
         Command::Shutdown => simple(Request::Shutdown).await,
+        // Their output is a roff page or a shell script: no JSON of it could be of use.
+        Command::Man | Command::Completions { .. } if json => Err(Failure::new(
+            Exit::Usage,
+            "`man` and `completions` print a manual page or a script, never JSON: run them without --json",
+        )),
         Command::Man => {
             use clap::CommandFactory;
             let mut page = Vec::new();

@@ -45,7 +45,7 @@ pub async fn serve(socket: &Path, json: bool, args: ServeArgs) -> Result<Exit, F
         _ => None,
     };
     if let (Some(hex), false) = (&blake3, json) {
-        eprintln!("group {id} serves content BLAKE3 {hex}");
+        crate::out::err_line(&format!("group {id} serves content BLAKE3 {hex}"));
     }
     print_value(
         json,
