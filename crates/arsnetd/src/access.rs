@@ -159,7 +159,23 @@ pub fn check_dir_is_safe(dir: &Path) -> Result<(), String> {
 
 /// Gives a path to `group` with `mode` (used for the socket and a directory we created).
 pub fn share_with_group(path: &Path, group: &ControlGroup, mode: u32) -> std::io::Result<()> {
-    std::os::unix::fs::chown(path, None, Some(group.gid))?;
+    share_with_group_by(path, group, mode, |path, gid| {
+        std::os::unix::fs::chown(path, None, Some(gid))
+    })
+}
+
+/// `share_with_group` with the chown given: it is only called when the path's group is not
+/// already `group`. Under the system unit /run/arsnet already is group arsnet, and a chown
+/// there would be one more system call the unit's filter has to allow.
+fn share_with_group_by(
+    path: &Path,
+    group: &ControlGroup,
+    mode: u32,
+    chown: impl FnOnce(&Path, u32) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.gid() != group.gid {
+        chown(path, group.gid)?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
@@ -182,6 +198,32 @@ mod tests {
         assert!(member_of(stranger, 777, &group), "primary gid matches");
         assert!(!member_of(stranger, 778, &group));
         assert_eq!(resolve_group("no-such-group-arsnet"), Ok(None));
+    }
+
+    #[test]
+    fn a_path_already_of_the_group_is_not_chowned() {
+        let dir = tempfile::tempdir().unwrap();
+        let gid = std::fs::metadata(dir.path()).unwrap().gid();
+        let group = |gid| ControlGroup {
+            name: "g".into(),
+            gid,
+            members: vec![],
+        };
+        // As under a system call filter without @chown: any chown fails.
+        let refused = |_: &Path, _: u32| Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        share_with_group_by(dir.path(), &group(gid), 0o750, refused).expect("no chown needed");
+        let mode = std::fs::metadata(dir.path()).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "the mode is still set");
+        let other = gid.wrapping_add(1);
+        let mut asked = None;
+        share_with_group_by(dir.path(), &group(other), 0o750, |_, gid| {
+            asked = Some(gid);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(asked, Some(other), "another group is still given the path");
+        let err = share_with_group_by(dir.path(), &group(other), 0o750, refused).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
 
     #[test]

@@ -371,7 +371,11 @@ fn port_info(slot: &PortSlot) -> PortInfo {
         connections: slot.stats.connections.load(Ordering::Relaxed),
         bytes_sent: slot.stats.bytes_sent.load(Ordering::Relaxed),
         segments_sent: slot.stats.segments_sent.load(Ordering::Relaxed),
-        rate_bps: slot.stats.rate.load(Ordering::Relaxed),
+        // The meter decays over a few seconds: a port that no longer listens sends nothing.
+        rate_bps: match state {
+            PortState::Listening => slot.stats.rate.load(Ordering::Relaxed),
+            PortState::Stopped | PortState::Failed => 0,
+        },
     }
 }
 

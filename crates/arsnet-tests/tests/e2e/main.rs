@@ -14,6 +14,7 @@ mod metrics;
 mod mirrors_only;
 mod nginx;
 mod progress_display;
+mod restart_figures;
 mod server_abuse;
 mod service;
 mod socket_trust;

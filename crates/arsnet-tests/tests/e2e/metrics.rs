@@ -149,6 +149,20 @@ fn check_against_status(x: &Exposition, status: &Value, port: &Value, group: &st
         num(&source["segments"])
     );
     assert_eq!(value(x, "arsnet_job_source_blamed", &src), 0.0);
+    let current = source["state"].as_str().expect("a source's state");
+    for state in ["idle", "connecting", "active", "backoff", "blamed"] {
+        let want = f64::from(u8::from(state == current));
+        let labels = [
+            ("job_id", id.as_str()),
+            ("source", address),
+            ("state", state),
+        ];
+        assert_eq!(
+            value(x, "arsnet_job_source_state", &labels),
+            want,
+            "{address} {state}"
+        );
+    }
     let p = port["port"].to_string();
     let srv = [("group", group), ("port", p.as_str())];
     assert_eq!(

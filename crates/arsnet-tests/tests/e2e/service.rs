@@ -132,9 +132,28 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
 
 #[test]
 fn a_socket_passed_by_the_service_manager_is_used_and_left_to_it() {
+    // As systemd passes one socket unit's descriptor: no names needed.
+    socket_activation_serves("activated.sock", &[], None);
+}
+
+#[test]
+fn of_several_passed_sockets_the_one_named_control_is_used() {
+    // The control socket is not the first descriptor: LISTEN_FDNAMES says which it is. A
+    // daemon taking descriptor 3 would serve the decoy, never the control socket.
+    socket_activation_serves("control.sock", &["decoy.sock"], Some("decoy:control"));
+}
+
+/// Passes the listeners named `before` (from descriptor 3 on) and then `control` to arsnetd,
+/// with `LISTEN_FDNAMES` if given, and checks that `control` is served, that arsnetd binds
+/// no socket of its own, and that it leaves the passed socket in place.
+fn socket_activation_serves(control: &str, before: &[&str], names: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
-    let passed = tmp.path().join("activated.sock");
-    let listener = UnixListener::bind(&passed).unwrap();
+    let passed = tmp.path().join(control);
+    let mut listeners: Vec<UnixListener> = before
+        .iter()
+        .map(|name| UnixListener::bind(tmp.path().join(name)).unwrap())
+        .collect();
+    listeners.push(UnixListener::bind(&passed).unwrap());
     let unused = tmp.path().join("not-used.sock");
     let args = vec![
         "--socket".to_string(),
@@ -142,22 +161,33 @@ fn a_socket_passed_by_the_service_manager_is_used_and_left_to_it() {
         "--state-dir".to_string(),
         tmp.path().join("state").display().to_string(),
     ];
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let mut cmd = arsnetd_via_sh("LISTEN_PID=$$ LISTEN_FDS=1", &args);
-    // SAFETY: dup2 and fcntl are async-signal-safe; the child only puts the listener at
-    // descriptor 3 without close-on-exec (dup2 clears it on the copy; when the listener
-    // already is 3, it is cleared directly) before exec.
+    let fds: Vec<i32> = listeners
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
+    let names = names
+        .map(|n| format!(" LISTEN_FDNAMES={n}"))
+        .unwrap_or_default();
+    let env = format!("LISTEN_PID=$$ LISTEN_FDS={}{names}", fds.len());
+    let mut cmd = arsnetd_via_sh(&env, &args);
+    // SAFETY: fcntl and dup2 are async-signal-safe, and the child only uses them before exec:
+    // every listener is first copied above the target range (close-on-exec), so that no
+    // dup2 overwrites one not yet moved, then put at 3, 4, ... (dup2 clears close-on-exec).
     unsafe {
         cmd.pre_exec(move || {
-            let moved = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            match moved {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
+            let mut high = [0; 8];
+            for (i, &fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
+            for (i, &fd) in high[..fds.len()].iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn().unwrap();
@@ -175,6 +205,7 @@ fn a_socket_passed_by_the_service_manager_is_used_and_left_to_it() {
             Instant::now() < deadline,
             "the passed socket is never served"
         );
+        assert!(child.try_wait().unwrap().is_none(), "arsnetd ended");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!unused.exists(), "no socket of its own was bound");

@@ -95,16 +95,20 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
 }
 
 /// The listening socket the service manager passed (systemd socket activation:
-/// `LISTEN_FDS`/`LISTEN_PID`, the first descriptor from 3), if any. It must be a listening
-/// Unix stream socket; anything else is an error rather than something to guess about.
+/// `LISTEN_FDS`/`LISTEN_PID`, descriptors from 3), if any: the one `LISTEN_FDNAMES` names
+/// `control` (`FileDescriptorName=control` in the socket unit), or, when none is named so, the
+/// only one passed. It must be a listening Unix stream socket; anything else is an error
+/// rather than something to guess about.
 pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
     use std::os::fd::FromRawFd;
     // The variables are consumed, so no child process ever takes them for its own.
-    let mut fds = sd_notify::listen_fds().map_err(|source| SocketError::Io {
-        path: "the socket passed by the service manager (LISTEN_FDS)".into(),
-        source,
-    })?;
-    let Some(fd) = fds.next() else {
+    let passed: Vec<(std::os::fd::RawFd, String)> = sd_notify::listen_fds_with_names(true)
+        .map_err(|source| SocketError::Io {
+            path: "the sockets passed by the service manager (LISTEN_FDS, LISTEN_FDNAMES)".into(),
+            source,
+        })?
+        .collect();
+    let Some(fd) = control_fd(&passed)? else {
         return Ok(None);
     };
     if !is_listening_unix_socket(fd) {
@@ -112,6 +116,11 @@ pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
             path: format!("descriptor {fd} passed by the service manager"),
             source: std::io::Error::other("not a listening Unix stream socket"),
         });
+    }
+    for &(other, _) in passed.iter().filter(|(other, _)| *other != fd) {
+        // Not ours to use: at least no child process inherits it.
+        // SAFETY: fcntl on a descriptor number only changes that descriptor's flags.
+        unsafe { libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     // SAFETY: the service manager passed this descriptor to us to own (LISTEN_PID is our
     // pid, checked by listen_fds), and nothing else in this process uses it.
@@ -123,6 +132,33 @@ pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
     std_listener.set_nonblocking(true).map_err(io)?;
     UnixListener::from_std(std_listener).map(Some).map_err(io)
 }
+
+/// Which passed descriptor is the control socket: the one named `control`, else the only one.
+fn control_fd(
+    passed: &[(std::os::fd::RawFd, String)],
+) -> Result<Option<std::os::fd::RawFd>, SocketError> {
+    if let Some((fd, _)) = passed.iter().find(|(_, name)| name == CONTROL_FD_NAME) {
+        return Ok(Some(*fd));
+    }
+    match passed {
+        [] => Ok(None),
+        [(fd, _)] => Ok(Some(*fd)),
+        more => {
+            let names: Vec<&str> = more.iter().map(|(_, name)| name.as_str()).collect();
+            Err(SocketError::Io {
+                path: "the sockets passed by the service manager".into(),
+                source: std::io::Error::other(format!(
+                    "{} descriptors ({}) and none named \"{CONTROL_FD_NAME}\" (FileDescriptorName=)",
+                    more.len(),
+                    names.join(", ")
+                )),
+            })
+        }
+    }
+}
+
+/// The name (`LISTEN_FDNAMES`, `FileDescriptorName=`) of the passed control socket.
+const CONTROL_FD_NAME: &str = "control";
 
 fn is_listening_unix_socket(fd: std::os::fd::RawFd) -> bool {
     let mut domain: libc::c_int = 0;
@@ -151,6 +187,31 @@ fn is_listening_unix_socket(fd: std::os::fd::RawFd) -> bool {
             )
         } == 0;
     ok && domain == libc::AF_UNIX && listening == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_socket_is_picked_by_name_or_as_the_only_one() {
+        let named = |pairs: &[(i32, &str)]| -> Vec<(i32, String)> {
+            pairs.iter().map(|&(fd, n)| (fd, n.to_string())).collect()
+        };
+        let pick = |pairs: &[(i32, &str)]| control_fd(&named(pairs)).ok().flatten();
+        assert_eq!(pick(&[]), None);
+        assert_eq!(pick(&[(3, "unknown")]), Some(3), "no names: the only one");
+        assert_eq!(
+            pick(&[(3, "arsnetd.socket")]),
+            Some(3),
+            "a unit without the name"
+        );
+        assert_eq!(pick(&[(3, "metrics"), (4, "control")]), Some(4));
+        assert!(
+            control_fd(&named(&[(3, "a"), (4, "b")])).is_err(),
+            "no guessing"
+        );
+    }
 }
 
 fn describe(kind: std::fs::FileType) -> &'static str {

@@ -28,6 +28,14 @@ const JOB_STATES: [&str; 7] = [
     "cancelled",
 ];
 
+const SOURCE_STATES: [SourceState; 5] = [
+    SourceState::Idle,
+    SourceState::Connecting,
+    SourceState::Active,
+    SourceState::Backoff,
+    SourceState::Blamed,
+];
+
 /// What one scrape reports, read under one lock so that the figures agree with each other.
 struct Snapshot {
     jobs: Vec<JobInfo>,
@@ -212,6 +220,33 @@ fn source_families(x: &mut Exposition, jobs: &[JobInfo]) {
                 ("reason", reason),
             ];
             x.sample("arsnet_job_source_blamed", &labels, u64::from(blamed));
+        }
+    }
+    source_states(x, jobs);
+}
+
+/// `arsnet_job_source_state`: like `arsnet_job_state`, one sample per state for each source.
+fn source_states(x: &mut Exposition, jobs: &[JobInfo]) {
+    x.family(
+        "arsnet_job_source_state",
+        Kind::Gauge,
+        "1 for the state this source is in for the job (idle, connecting, active, backoff, blamed), 0 for the others.",
+    );
+    for job in jobs {
+        let id = job.id.to_string();
+        for s in &job.sources {
+            for state in SOURCE_STATES {
+                let labels = [
+                    ("job_id", id.as_str()),
+                    ("source", &s.address),
+                    ("state", state.label()),
+                ];
+                x.sample(
+                    "arsnet_job_source_state",
+                    &labels,
+                    u64::from(s.state == state),
+                );
+            }
         }
     }
 }

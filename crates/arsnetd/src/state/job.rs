@@ -2,7 +2,9 @@
 //! it learned (file name, content, tag), and, while it runs, the handles on its engine task.
 
 use arsnet_engine::download::{JobCommand, Progress};
-use arsnet_proto::control::{FetchSpec, JobId, JobInfo, SourceInfo, SourceState, Verification};
+use arsnet_proto::control::{
+    FetchSpec, JobId, JobInfo, Pin, SourceInfo, SourceState, Verification,
+};
 use arsnet_proto::{Digest, JobTag};
 use tokio::sync::{mpsc, watch};
 
@@ -60,7 +62,7 @@ impl JobEntry {
         let figures = record.figures.unwrap_or_default();
         let progress = Progress {
             name: record.name.clone(),
-            content: record.content,
+            content: shown_content(&record.spec, record.content),
             size: figures.size,
             segments_total: figures.segments_total,
             segments_done: figures.segments_done,
@@ -163,15 +165,21 @@ impl JobEntry {
             } else {
                 idle(p.sources)
             },
-            // A job of mirrors only saved its layout's root, which is no file's hash: its
-            // content is what the engine shows (the BLAKE3 pin, if any).
-            content: match self.spec.verification() {
-                Verification::Segments => p.content.or(self.content),
-                Verification::WholeFile | Verification::None => p.content,
-            },
+            content: shown_content(&self.spec, p.content.or(self.content)),
             verification: self.spec.verification(),
             owner_tag: p.owner_tag,
         }
+    }
+}
+
+/// The BLAKE3 `status` shows for a job's file. Only ArsNet servers prove one (the digest
+/// table's root): a job of mirrors alone saved its layout's root, which is no file's hash
+/// (and is what a restored record holds), so it shows the user's BLAKE3 pin, if any.
+fn shown_content(spec: &FetchSpec, content: Option<Digest>) -> Option<Digest> {
+    match (spec.verification(), spec.pin) {
+        (Verification::Segments, _) => content,
+        (_, Some(Pin::Blake3(pin))) => Some(pin),
+        (_, _) => None,
     }
 }
 
