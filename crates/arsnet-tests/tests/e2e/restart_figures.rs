@@ -71,7 +71,7 @@ fn a_stopped_port_reports_no_rate() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["port"].to_string() == port)
+        .find(|p| p["port"].as_u64().map(|n| n.to_string()).as_deref() == Some(port.as_str()))
         .unwrap_or_else(|| panic!("no port {port}: {servers}"));
     assert_eq!(stopped["state"], "stopped", "{servers}");
     assert_eq!(

@@ -189,31 +189,6 @@ fn is_listening_unix_socket(fd: std::os::fd::RawFd) -> bool {
     ok && domain == libc::AF_UNIX && listening == 1
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_control_socket_is_picked_by_name_or_as_the_only_one() {
-        let named = |pairs: &[(i32, &str)]| -> Vec<(i32, String)> {
-            pairs.iter().map(|&(fd, n)| (fd, n.to_string())).collect()
-        };
-        let pick = |pairs: &[(i32, &str)]| control_fd(&named(pairs)).ok().flatten();
-        assert_eq!(pick(&[]), None);
-        assert_eq!(pick(&[(3, "unknown")]), Some(3), "no names: the only one");
-        assert_eq!(
-            pick(&[(3, "arsnetd.socket")]),
-            Some(3),
-            "a unit without the name"
-        );
-        assert_eq!(pick(&[(3, "metrics"), (4, "control")]), Some(4));
-        assert!(
-            control_fd(&named(&[(3, "a"), (4, "b")])).is_err(),
-            "no guessing"
-        );
-    }
-}
-
 fn describe(kind: std::fs::FileType) -> &'static str {
     if kind.is_symlink() {
         "a symbolic link"
@@ -281,5 +256,30 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_socket_is_picked_by_name_or_as_the_only_one() {
+        let named = |pairs: &[(i32, &str)]| -> Vec<(i32, String)> {
+            pairs.iter().map(|&(fd, n)| (fd, n.to_string())).collect()
+        };
+        let pick = |pairs: &[(i32, &str)]| control_fd(&named(pairs)).ok().flatten();
+        assert_eq!(pick(&[]), None);
+        assert_eq!(pick(&[(3, "unknown")]), Some(3), "no names: the only one");
+        assert_eq!(
+            pick(&[(3, "arsnetd.socket")]),
+            Some(3),
+            "a unit without the name"
+        );
+        assert_eq!(pick(&[(3, "metrics"), (4, "control")]), Some(4));
+        assert!(
+            control_fd(&named(&[(3, "a"), (4, "b")])).is_err(),
+            "no guessing"
+        );
     }
 }
