@@ -84,6 +84,11 @@ impl CrossCheck {
         });
     }
 
+    /// Drops the samples still running (the job is finishing and its end check decides).
+    pub(crate) fn stop(&mut self) {
+        self.running.abort_all();
+    }
+
     /// Whether samples are running (the job waits for them before it finishes).
     pub(crate) fn busy(&self) -> bool {
         !self.running.is_empty()

@@ -355,8 +355,16 @@ impl Job {
         self.execute_actions();
         self.open_store_once_decided().await?;
         match self.sched.phase() {
-            // A sample still running may yet convict a mirror: finish once it has spoken.
-            Phase::Complete if !self.finishing && self.cross_check.busy() => Ok(()),
+            // Without an end check a sample still running is the only one that may yet
+            // convict a mirror: finish once it has spoken. With one, the end check (and
+            // repair) decides, and the samples are dropped with the connections.
+            Phase::Complete
+                if !self.finishing
+                    && self.cross_check.busy()
+                    && self.spec.end_check().is_none() =>
+            {
+                Ok(())
+            }
             Phase::Complete if !self.finishing && !self.tainted.is_empty() => {
                 let manifest = self.manifest.clone().ok_or(DownloadError::NoStorage)?;
                 let again: Vec<u64> = std::mem::take(&mut self.tainted).into_iter().collect();
@@ -649,6 +657,7 @@ impl Job {
     async fn finish(&mut self) -> Result<(), DownloadError> {
         self.finishing = true;
         self.activity = Activity::Finishing;
+        self.cross_check.stop();
         self.close_all("download complete");
         let writer = self.writer.as_ref().ok_or(DownloadError::NoStorage)?;
         let finish = Finish {
@@ -757,6 +766,7 @@ impl Job {
             client: self.ctx.http.clone(),
             sources: self.spec.sources.clone().into(),
             order,
+            ask_timeout: self.spec.config.stall_timeout,
             excluded: self.excluded.keys().copied().collect(),
             manifest: manifest.clone(),
             buffers: self.ctx.buffers.clone(),

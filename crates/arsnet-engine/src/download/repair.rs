@@ -53,6 +53,9 @@ pub(crate) struct Referees {
     /// The order referees are asked in: the fastest first, so a sample's answer waits on
     /// the link that delivers it soonest.
     pub order: Vec<usize>,
+    /// Longest one referee may take to serve a segment before the next one is asked (the
+    /// job's stall timeout): a stalled mirror must not hold a repair or a cross-check.
+    pub ask_timeout: std::time::Duration,
     /// Sources already blamed: never asked.
     pub excluded: BTreeSet<usize>,
     pub manifest: Arc<Manifest>,
@@ -208,8 +211,10 @@ async fn ask(referees: &Referees, referee: usize, segment: u64) -> Option<Digest
         return None;
     };
     let m = &referees.manifest;
-    let data = fetch_segment(&referees.client, url, m, segment, &referees.buffers)
+    let fetch = fetch_segment(&referees.client, url, m, segment, &referees.buffers);
+    let data = tokio::time::timeout(referees.ask_timeout, fetch)
         .await
+        .ok()?
         .ok()?;
     let digest = digest_segment(m.size, m.segment_size, segment, &data);
     referees.buffers.give(data);
