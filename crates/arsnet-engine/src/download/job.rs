@@ -797,7 +797,15 @@ impl Job {
     fn close_all(&mut self, reason: &str) {
         let handles: Vec<_> = self.conns.drain().map(|(_, h)| h).collect();
         for handle in handles {
-            self.close_conn(handle, reason.to_string());
+            // A connection that never got ready (a retry still connecting when the job
+            // ended) says nothing new of its source: the reason its last attempt failed
+            // stays what `status` shows, not "download complete".
+            let kept = self
+                .meters
+                .get(handle.server)
+                .filter(|m| handle.claim.is_none() && !m.last_error.is_empty())
+                .map(|m| m.last_error.clone());
+            self.close_conn(handle, kept.unwrap_or_else(|| reason.to_string()));
         }
     }
 

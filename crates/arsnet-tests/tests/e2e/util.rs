@@ -10,6 +10,10 @@ use serde_json::Value;
 
 /// Directory holding the built binaries (target/<profile>), after making sure they are
 /// up to date: `cargo test` only builds binaries of the package under test, so build them.
+/// They are built as `cargo test --workspace` builds everything else (the whole workspace,
+/// test targets included, so dev-dependencies' features are unified the same way): after
+/// that command or `.ci/run`'s build step, this finds nothing left to compile, where a
+/// narrower `-p arsnetd -p arsnetctl` resolves other features and rebuilds half the tree.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -26,7 +30,7 @@ pub fn bin_dir() -> &'static Path {
             .unwrap_or("debug")
             .to_string();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "arsnetd", "-p", "arsnetctl"]);
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         if profile != "debug" {
             cmd.args(["--profile", &profile]);
         }

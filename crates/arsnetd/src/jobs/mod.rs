@@ -132,19 +132,26 @@ fn attach(
     let Some(entry) = inner.jobs.get_mut(&id) else {
         return Ok(());
     };
-    check_same_content(id, entry, spec.pin)?;
-    if entry.lifecycle.resume() != Ok(true) {
-        // Queued or running already: attaching changes nothing.
+    // Only the job's own user may change what the job does (e.g. `fetch -r --overwrite`
+    // after "already exists"): nobody else may make another user's job replace files.
+    let own = entry.grant.map(|g| g.uid) == grant.map(|g| g.uid);
+    // A job that never accepted a content (e.g. its servers disagreed) may be told which
+    // one with its first pin — but only while no run is under way: a run that is starting
+    // reads its pin once, and would publish without checking one added now.
+    let takes_pin = own
+        && spec.pin.is_some()
+        && entry.spec.pin.is_none()
+        && entry.content.is_none()
+        && !entry.lifecycle.is_live();
+    check_same_content(id, entry, spec.pin, takes_pin)?;
+    let restarted = entry.lifecycle.resume() == Ok(true);
+    if !restarted && !takes_pin {
+        // Queued or running already, and nothing to add: attaching changes nothing.
         return Ok(());
     }
-    // The options that do not define the download come from this call (e.g. `fetch -r
-    // --overwrite` after "already exists") — but only when it is the job's own user asking:
-    // nobody else may make another user's job replace files.
-    if entry.grant.map(|g| g.uid) == grant.map(|g| g.uid) {
+    if own {
         entry.spec.overwrite = spec.overwrite;
-        // A job that never accepted a content (e.g. its servers disagreed) may be told
-        // which one with its first pin.
-        if entry.spec.pin.is_none() && entry.content.is_none() {
+        if takes_pin {
             entry.spec.pin = spec.pin;
         }
         entry.spec.metric_interval_secs = spec.metric_interval_secs;
@@ -155,7 +162,12 @@ fn attach(
 /// `fetch -r` may attach to a job only for the content that job is about: a pin that
 /// contradicts the job's own pin, or the content it already accepted, is refused rather than
 /// switching the job (its partial files are of that content).
-fn check_same_content(id: JobId, entry: &JobEntry, pin: Option<Pin>) -> Result<(), ControlError> {
+fn check_same_content(
+    id: JobId,
+    entry: &JobEntry,
+    pin: Option<Pin>,
+    takes_pin: bool,
+) -> Result<(), ControlError> {
     let Some(pin) = pin else {
         return Ok(());
     };
@@ -165,9 +177,7 @@ fn check_same_content(id: JobId, entry: &JobEntry, pin: Option<Pin>) -> Result<(
         .then_some(entry.content)
         .flatten();
     let same = entry.spec.pin == Some(pin) || matches!(pin, Pin::Blake3(d) if proven == Some(d));
-    // A job that never accepted a content (its servers disagreed, say) takes its first pin.
-    let first = entry.spec.pin.is_none() && entry.content.is_none();
-    if same || first {
+    if same || takes_pin {
         return Ok(());
     }
     // Any other pin would not be enforced by the run already under way (or would silently
