@@ -122,6 +122,9 @@ pub const METRICS_HEADER_TIMEOUT: core::time::Duration = core::time::Duration::f
 /// A metrics connection is closed this long after it opened, whatever it is doing (one
 /// request per connection: no keep-alive, so a slow reader cannot hold a slot).
 pub const METRICS_CONNECTION_DEADLINE: core::time::Duration = core::time::Duration::from_secs(10);
+/// A metrics request's line and headers must fit in this many bytes (hyper's smallest read
+/// buffer; `GET /metrics` never needs more).
+pub const METRICS_MAX_REQUEST_BYTES: usize = 8192;
 
 // ---------------------------------------------------------------------------------------
 // HTTP(S) mirrors as sources.

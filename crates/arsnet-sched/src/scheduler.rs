@@ -449,6 +449,23 @@ impl Scheduler {
         self.servers.arm(server, &self.config);
     }
 
+    /// `conn`'s handshake starts (`waiting`) or stops waiting for another connection of this
+    /// job to assemble the digest table both need. While it waits, its silence is no
+    /// handshake timeout; when the wait ends, its handshake clock restarts at `now`.
+    pub fn on_table_wait(&mut self, now: Duration, conn: ConnId, waiting: bool) {
+        if self.complete {
+            return;
+        }
+        let Some(server) = self.servers.lookup(conn) else {
+            return;
+        };
+        if let Some(c) = self.servers.conn_mut(server) {
+            c.waiting_for_table = waiting;
+            c.last_progress = c.last_progress.max(now);
+        }
+        self.servers.arm(server, &self.config);
+    }
+
     /// The driver's storage cannot take more data for now (its queue is full): until
     /// [`Self::on_storage_ready`], the driver reads no connection, so no silence counts as a
     /// stall or a slow handshake, and no connection is dropped as a laggard.
@@ -806,7 +823,9 @@ impl Scheduler {
             ServerState::Connecting
                 if !busy
                     && self.servers.conn(server).is_some_and(|c| {
-                        !c.voted && c.last_progress.saturating_add(handshake) <= now
+                        !c.voted
+                            && !c.waiting_for_table
+                            && c.last_progress.saturating_add(handshake) <= now
                     }) =>
             {
                 self.drop_conn(

@@ -29,6 +29,10 @@ pub(crate) struct Conn {
     /// Header delivered as a vote, awaiting the election: the handshake is over, so its
     /// silence timer no longer runs (the election window decides when it ends).
     pub(crate) voted: bool,
+    /// Its handshake waits while another connection of the job assembles the digest table
+    /// it needs: that is not silence of this server (the assembling connection is bounded
+    /// by the protocol's minimum digest rate), so no handshake timer runs meanwhile.
+    pub(crate) waiting_for_table: bool,
     pub(crate) slots: Vec<Slot>,
     /// Last time data arrived (handshake bytes included), or the pipeline went from empty
     /// to busy; the clock of both the handshake and the stall deadline.
@@ -238,6 +242,7 @@ impl Servers {
             id,
             active: false,
             voted: false,
+            waiting_for_table: false,
             slots: Vec::new(),
             last_progress: now,
             last_delivery: now,
@@ -381,7 +386,8 @@ impl Servers {
     }
 
     /// Re-derives the server's timer from its state: reconnect time in Backoff, handshake
-    /// deadline (silence since the last handshake byte) while Connecting and not yet voted,
+    /// deadline (silence since the last handshake byte) while Connecting, neither voted nor
+    /// waiting for a sibling's digest table,
     /// stall deadline while Active with segments in flight. No silence timer runs while the
     /// storage is busy.
     pub(crate) fn arm(&mut self, server: ServerId, config: &Config) {
@@ -391,7 +397,9 @@ impl Servers {
         };
         let due = match (&entry.state, &entry.conn) {
             (ServerState::Backoff { until, .. }, _) => Some(*until),
-            (ServerState::Connecting, Some(conn)) if !conn.voted && !busy => {
+            (ServerState::Connecting, Some(conn))
+                if !conn.voted && !conn.waiting_for_table && !busy =>
+            {
                 Some(conn.last_progress.saturating_add(config.handshake_timeout))
             }
             (ServerState::Active, Some(conn)) if !conn.slots.is_empty() && !busy => {

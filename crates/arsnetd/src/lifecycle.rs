@@ -269,52 +269,88 @@ mod tests {
         job
     }
 
+    /// What was last asked of a running job before its run ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Asked {
+        Nothing,
+        Pause,
+        Cancel,
+        CancelKeep,
+        Shutdown,
+    }
+
+    fn ask(job: &mut Lifecycle, asked: Asked) {
+        match asked {
+            Asked::Nothing => {}
+            Asked::Pause => assert!(job.pause().is_ok()),
+            Asked::Cancel => assert!(job.cancel(false).is_ok()),
+            Asked::CancelKeep => assert!(job.cancel(true).is_ok()),
+            Asked::Shutdown => assert_eq!(job.shutdown(), Effect::Command(JobCommand::Stop)),
+        }
+    }
+
+    /// Every (request, outcome) pair, written out: a completed run is completed whatever
+    /// was asked; a cancel wins over everything else (removing the files unless kept); a
+    /// failure is a failure; a stop is a pause, except at shutdown, where the job stays
+    /// running to start first after the restart.
     #[test]
     fn a_run_ends_in_the_state_its_outcome_and_the_last_request_say() {
-        let stop = |request: fn(&mut Lifecycle), ended: Ended| {
-            let mut job = running();
-            request(&mut job);
-            let effect = job.ended(ended);
-            (job.state(Activity::Transferring), effect)
-        };
-        let none = |_: &mut Lifecycle| {};
-        let pause = |j: &mut Lifecycle| {
-            j.pause().unwrap();
-        };
-        let cancel = |j: &mut Lifecycle| {
-            j.cancel(false).unwrap();
-        };
-        let keep = |j: &mut Lifecycle| {
-            j.cancel(true).unwrap();
-        };
-        let shutdown = |j: &mut Lifecycle| {
-            j.shutdown();
-        };
         use Effect::{Nothing, RemovePartial};
-        type Case = (fn(&mut Lifecycle), Ended, JobState, Effect);
-        let cases: Vec<Case> = vec![
-            (none, Ended::Completed, JobState::Completed, Nothing),
-            (none, Ended::Failed("x".into()), failed(), Nothing),
-            (none, Ended::Stopped, JobState::Paused, Nothing),
-            (pause, Ended::Stopped, JobState::Paused, Nothing),
-            (pause, Ended::Failed("x".into()), failed(), Nothing),
-            (pause, Ended::Completed, JobState::Completed, Nothing),
-            (cancel, Ended::Cancelled, JobState::Cancelled, RemovePartial),
+        use Ended::{Cancelled, Completed, Failed, Stopped};
+        let x = || "x".to_string();
+        let table: Vec<(Asked, Ended, JobState, Effect)> = vec![
+            (Asked::Nothing, Completed, JobState::Completed, Nothing),
+            (Asked::Nothing, Failed(x()), failed(), Nothing),
+            (Asked::Nothing, Stopped, JobState::Paused, Nothing),
+            (Asked::Nothing, Cancelled, JobState::Cancelled, Nothing),
+            (Asked::Pause, Completed, JobState::Completed, Nothing),
+            (Asked::Pause, Failed(x()), failed(), Nothing),
+            (Asked::Pause, Stopped, JobState::Paused, Nothing),
+            (Asked::Pause, Cancelled, JobState::Cancelled, Nothing),
+            (Asked::Cancel, Completed, JobState::Completed, Nothing),
             (
-                cancel,
-                Ended::Failed("x".into()),
+                Asked::Cancel,
+                Failed(x()),
                 JobState::Cancelled,
                 RemovePartial,
             ),
-            (cancel, Ended::Stopped, JobState::Cancelled, RemovePartial),
-            (cancel, Ended::Completed, JobState::Completed, Nothing),
-            (keep, Ended::Cancelled, JobState::Cancelled, Nothing),
-            (shutdown, Ended::Stopped, JobState::Running, Nothing),
-            (shutdown, Ended::Completed, JobState::Completed, Nothing),
+            (Asked::Cancel, Stopped, JobState::Cancelled, RemovePartial),
+            (Asked::Cancel, Cancelled, JobState::Cancelled, RemovePartial),
+            (Asked::CancelKeep, Completed, JobState::Completed, Nothing),
+            (Asked::CancelKeep, Failed(x()), JobState::Cancelled, Nothing),
+            (Asked::CancelKeep, Stopped, JobState::Cancelled, Nothing),
+            (Asked::CancelKeep, Cancelled, JobState::Cancelled, Nothing),
+            (Asked::Shutdown, Completed, JobState::Completed, Nothing),
+            (Asked::Shutdown, Failed(x()), failed(), Nothing),
+            (Asked::Shutdown, Stopped, JobState::Running, Nothing),
+            (Asked::Shutdown, Cancelled, JobState::Cancelled, Nothing),
         ];
-        for (request, ended, want, want_effect) in cases {
-            let label = format!("{ended:?} → {want:?}");
-            assert_eq!(stop(request, ended), (want, want_effect), "{label}");
+        // Exhaustive: every request with every outcome, once.
+        let asked = [
+            Asked::Nothing,
+            Asked::Pause,
+            Asked::Cancel,
+            Asked::CancelKeep,
+            Asked::Shutdown,
+        ];
+        let outcomes = [Completed, Failed(x()), Stopped, Cancelled];
+        for a in asked {
+            for o in &outcomes {
+                let rows = table
+                    .iter()
+                    .filter(|(ta, to, ..)| *ta == a && to == o)
+                    .count();
+                assert_eq!(rows, 1, "{a:?} then {o:?}");
+            }
+        }
+        for (asked, ended, want, want_effect) in table {
+            let label = format!("{asked:?} then {ended:?}");
+            let mut job = running();
+            ask(&mut job, asked);
+            let effect = job.ended(ended);
+            let got = (job.state(Activity::Transferring), effect);
+            assert_eq!(got, (want, want_effect), "{label}");
+            assert!(!job.is_live(), "{label}");
         }
     }
 

@@ -116,15 +116,14 @@ impl Manifests {
         }
     }
 
-    /// Waits for the turn to assemble the table of `identity` (other contents' turns are
+    /// The lock whose holder assembles the table of `identity` (other contents' turns are
     /// independent).
-    pub async fn assembling(&self, identity: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
-        let turn = match self.assembling.lock() {
+    pub fn turn(&self, identity: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        match self.assembling.lock() {
             Ok(mut turns) => turns.entry(*identity).or_default().clone(),
             // A panicked holder left plain data: a fresh turn is as good.
             Err(_) => Arc::default(),
-        };
-        turn.lock_owned().await
+        }
     }
 
     #[cfg(test)]

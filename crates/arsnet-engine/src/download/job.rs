@@ -483,6 +483,9 @@ impl Job {
                 verified,
             } => self.on_segment(conn, segment, data, verified).await?,
             SourceEvent::Cancelled { conn, segment } => self.sched.on_cancelled(now, conn, segment),
+            SourceEvent::TableWait { conn, waiting } => {
+                self.sched.on_table_wait(now, conn, waiting)
+            }
             SourceEvent::Closed { conn, error } => {
                 if let Some(handle) = self.conns.remove(&conn) {
                     // "Busy" (code 5) comes from a server that works but is full: retried

@@ -230,6 +230,32 @@ fn handshake_timeout_drops_and_reconnects_after_backoff() {
 }
 
 #[test]
+fn a_handshake_waiting_for_a_siblings_table_is_not_silent_until_the_wait_ends() {
+    let config = Config::default();
+    let mut s = Scheduler::new(config.clone(), 1, T0);
+    let conn = connects(&drain(&mut s))[0];
+    s.on_table_wait(ms(5), conn, true);
+    assert_eq!(s.next_deadline(), None, "no timer while it waits");
+    s.on_tick(config.handshake_timeout * 10);
+    assert!(drain(&mut s).is_empty(), "waiting is not silence");
+    assert_eq!(s.server_state(0), &ServerState::Connecting);
+    // The turn came (the sibling finished or died): silence counts again, from now.
+    let resumed = config.handshake_timeout * 10;
+    s.on_table_wait(resumed, conn, false);
+    assert_eq!(s.next_deadline(), Some(resumed + config.handshake_timeout));
+    s.on_tick(resumed + config.handshake_timeout - ms(1));
+    assert!(drain(&mut s).is_empty(), "not yet");
+    s.on_tick(resumed + config.handshake_timeout);
+    assert_eq!(
+        drain(&mut s),
+        [Action::Disconnect {
+            conn,
+            reason: DropReason::HandshakeTimeout
+        }]
+    );
+}
+
+#[test]
 fn backoff_doubles_and_resets_only_after_a_delivered_segment() {
     let config = Config::default();
     let mut s = Scheduler::new(config.clone(), 1, T0);

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use arsnet_proto::limits::{
     METRICS_CONNECTION_DEADLINE, METRICS_HEADER_TIMEOUT, METRICS_MAX_CONNECTIONS,
+    METRICS_MAX_REQUEST_BYTES,
 };
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -27,8 +28,6 @@ use crate::state::Daemon;
 
 /// Pause after a failed accept (out of descriptors and the like) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// hyper's smallest allowed read buffer: a request line and headers never need more.
-const MAX_REQUEST_BUFFER: usize = 8192;
 
 /// Binds the listener (at start-up, so that a bad address stops the daemon with a clear
 /// error instead of leaving it without the metrics it was configured to serve).
@@ -82,7 +81,7 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: TcpStream, peer: SocketAd
         .timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT)
         .keep_alive(false)
-        .max_buf_size(MAX_REQUEST_BUFFER)
+        .max_buf_size(METRICS_MAX_REQUEST_BYTES)
         .serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(METRICS_CONNECTION_DEADLINE, connection).await {
         Ok(Ok(())) => {}

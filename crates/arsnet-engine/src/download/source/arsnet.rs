@@ -121,7 +121,7 @@ where
         return Ok(known);
     }
     // One assembly at a time per content; whoever waited may find the table made meanwhile.
-    let _turn = wait_for_turn(&identity, link).await;
+    let _turn = wait_for_turn(&identity, link).await?;
     if let Some(known) = link.manifests.get(&identity) {
         skip_digests(stream, &mut payload, header.segment_count, link).await?;
         return Ok(known);
@@ -135,21 +135,31 @@ where
 }
 
 /// Waits for the turn to assemble `identity`'s table while another connection of this job
-/// assembles it. Waiting on a sibling is not silence of this server (it sent its header),
-/// so the wait is reported as handshake progress; the sibling itself is bounded by
-/// [`CLIENT_MIN_DIGEST_RATE`], so the wait is too.
+/// assembles it. Waiting on a sibling is not silence of this server (it sent its header):
+/// the scheduler is told, so that no handshake timer runs meanwhile, and told again when
+/// the turn comes. The sibling itself is bounded by [`CLIENT_MIN_DIGEST_RATE`], so the wait
+/// is too.
 async fn wait_for_turn(
     identity: &arsnet_proto::Digest,
     link: &Link,
-) -> tokio::sync::OwnedMutexGuard<()> {
-    let turn = link.manifests.assembling(identity);
-    tokio::pin!(turn);
-    loop {
-        tokio::select! {
-            guard = &mut turn => return guard,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => link.handshaking(1),
-        }
+) -> Result<tokio::sync::OwnedMutexGuard<()>, SourceError> {
+    let turn = link.manifests.turn(identity);
+    if let Ok(free) = turn.clone().try_lock_owned() {
+        return Ok(free);
     }
+    let conn = link.conn;
+    link.report(SourceEvent::TableWait {
+        conn,
+        waiting: true,
+    })
+    .await?;
+    let guard = turn.lock_owned().await;
+    link.report(SourceEvent::TableWait {
+        conn,
+        waiting: false,
+    })
+    .await?;
+    Ok(guard)
 }
 
 fn expected(what: &'static str, got: &ServerFrame) -> SourceError {
@@ -508,24 +518,23 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "B waited for A's turn"
         );
-        // Source C, same content as A: it waits for A's turn, and the wait is reported as
-        // handshake progress (it sent its header: it is not silent).
+        // Source C, same content as A: it waits for A's turn, and says so (it sent its
+        // header: its silence meanwhile is no handshake timeout).
         let (mut c, mut c_server) = pair();
-        let (c_link, _c_events) = link(manifests.clone());
-        let counters = c_link.counters.clone();
+        let (c_link, mut c_events) = link(manifests.clone());
         let h = held.clone();
         tokio::spawn(async move {
             c_server.greet(&h).await;
             std::future::pending::<()>().await
         });
         let c_task = tokio::spawn(async move { c.handshake(&c_link).await });
-        let before = counters.total();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let waits = c_events.recv().await;
         assert!(
-            counters.total() > before,
-            "a waiter reports that it is alive"
+            matches!(waits, Some(SourceEvent::TableWait { waiting: true, .. })),
+            "{waits:?}"
         );
-        // A is cut off once its table is overdue; C then takes the turn and completes.
+        // A is cut off once its table is overdue; C then takes the turn, says so, and
+        // completes.
         let a_result = a_task.await.unwrap();
         assert!(
             matches!(a_result, Err(SourceError::DigestsTooSlow(_))),
@@ -533,6 +542,11 @@ mod tests {
         );
         let c_claim = c_task.await.unwrap().unwrap();
         assert_eq!(c_claim.manifest().map(|m| &**m), Some(&held));
+        let resumed = c_events.try_recv();
+        assert!(
+            matches!(resumed, Ok(SourceEvent::TableWait { waiting: false, .. })),
+            "{resumed:?}"
+        );
     }
 
     #[tokio::test]

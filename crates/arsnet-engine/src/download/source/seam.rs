@@ -35,6 +35,9 @@ pub(crate) enum SourceEvent {
         data: Vec<u8>,
         verified: bool,
     },
+    /// The handshake starts (`waiting`) or stops waiting for another connection of the
+    /// job to assemble the digest table it needs (see `Scheduler::on_table_wait`).
+    TableWait { conn: ConnId, waiting: bool },
     /// The source gave a requested segment up (it answered a cancel).
     Cancelled { conn: ConnId, segment: u64 },
     /// The connection ended.
