@@ -52,6 +52,10 @@ pub struct Args {
     /// Print the manual page (roff) and exit, e.g. `arsnetd --man | man -l -`.
     #[arg(long)]
     pub man: bool,
+    /// Print a completion script for SHELL and exit, e.g. `arsnetd --completions bash >
+    /// ~/.local/share/bash-completion/completions/arsnetd`.
+    #[arg(long, value_name = "SHELL")]
+    pub completions: Option<clap_complete::Shell>,
 }
 
 /// The `[download]` table: tuning of every download job.

@@ -1,12 +1,19 @@
 //! The daemon's log: tracing to stderr, in a form that suits where stderr goes. At a
 //! terminal: colours and timestamps. Anywhere else: no ANSI escapes. Into the journal
-//! (`$JOURNAL_STREAM` names our stderr): no timestamps either, journald adds its own. The
+//! (`$JOURNAL_STREAM` names our stderr): no timestamps either, journald adds its own, and
+//! each line starts with its syslog priority (`<3>` error … `<7>` debug), which journald
+//! reads as the entry's priority (`journalctl -p warning` then means something) instead of
+//! the level's name. The
 //! filter is `log` from the configuration (flag, `RUST_LOG`, file; see `config.rs`) and can be
 //! replaced by a reload.
 
 use std::io::IsTerminal;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
@@ -54,6 +61,36 @@ fn same_stream(dev: &str, ino: &str, stat: &libc::stat) -> bool {
         && ino.parse::<u64>().ok() == Some(stat.st_ino as u64)
 }
 
+/// The syslog priority journald reads from a `<N>` at the start of a line (sd-daemon(3)).
+fn syslog_priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// An event format that puts the event's syslog priority in front of what `F` writes.
+struct Prioritised<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Prioritised<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 /// Installs the log for the whole process.
 pub(crate) fn init(config: &Config) -> Logging {
     let (filter, handle) = reload::Layer::new(filter_for(config));
@@ -62,7 +99,11 @@ pub(crate) fn init(config: &Config) -> Logging {
         .with_ansi(terminal)
         .with_writer(std::io::stderr);
     let format = if stderr_is_journal() {
-        format.without_time().boxed()
+        // The level is the priority now: journalctl shows it (colour, `-p`), not as text.
+        let event_format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false);
+        format.event_format(Prioritised(event_format)).boxed()
     } else {
         format.boxed()
     };

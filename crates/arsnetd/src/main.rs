@@ -19,6 +19,21 @@ fn print_man() -> std::process::ExitCode {
     }
 }
 
+/// `--completions SHELL`: the completion script from the same definition as `--help`.
+fn print_completions(shell: clap_complete::Shell) -> std::process::ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut arsnetd::Args::command(), "arsnetd", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("arsnetd: cannot print the completions: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
 /// The signals the daemon acts on, made deliverable from its first line.
 ///
 /// SIGHUP's default is to terminate. Until the daemon listens for it (after the lock, the
@@ -48,6 +63,9 @@ fn main() -> std::process::ExitCode {
     let args = arsnetd::Args::parse();
     if args.man {
         return print_man();
+    }
+    if let Some(shell) = args.completions {
+        return print_completions(shell);
     }
     let config = match arsnetd::Config::load(&args) {
         Ok(config) => config,

@@ -272,6 +272,11 @@ fn manual_pages_and_completions_generate() {
     for shell in ["bash", "zsh", "fish", "powershell"] {
         let script = run("arsnetctl", &["completions", shell]);
         assert!(script.contains("arsnetctl"), "{shell} completion");
+        let script = run("arsnetd", &["--completions", shell]);
+        assert!(
+            script.contains("arsnetd") && script.contains("check-config"),
+            "{shell} completion of arsnetd"
+        );
     }
 }
 
@@ -320,11 +325,20 @@ fn logs_carry_no_colour_off_a_terminal_and_no_timestamp_into_the_journal() {
     }
     let stamped = |log: &str| log.lines().all(|l| l.starts_with("20") && l.contains('T'));
     assert!(stamped(&plain), "a plain log is timestamped: {plain}");
+    // Into the journal: no timestamp (journald adds its own), and the syslog priority of
+    // the line's level first (error 3, warn 4, info 6, debug 7), which journald takes as
+    // the entry's priority, in place of the level's name.
     assert!(
         journal.lines().all(|l| {
-            let level = l.split_whitespace().next().unwrap_or_default();
-            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level)
+            let rest = ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .find_map(|p| l.strip_prefix(p));
+            rest.is_some_and(|r| r.starts_with("arsnetd") && !r.contains(" INFO "))
         }),
-        "journald adds its own timestamps: {journal}"
+        "journal lines are <priority>target: message: {journal}"
+    );
+    assert!(
+        journal.contains("<6>arsnetd::daemon: arsnetd ready"),
+        "{journal}"
     );
 }
