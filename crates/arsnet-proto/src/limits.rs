@@ -139,6 +139,12 @@ pub const MAX_CHECKSUM_FILE_BYTES: usize = 1 << 20;
 /// Longest a checksum file may take to arrive (connect to last byte), in seconds; the
 /// `fetch` request waits for it.
 pub const CHECKSUM_FETCH_SECS: u64 = 30;
+/// Checksum files (`fetch --checksum-url`) the daemon reads at once; further requests wait
+/// their turn, so that a flood of requests opens no flood of connections.
+pub const CHECKSUM_FETCHES_AT_ONCE: usize = 4;
+/// Longest a `fetch --checksum-url` waits for its turn before it is refused as busy (with
+/// the read itself, within the client's wait for an answer).
+pub const CHECKSUM_TURN_WAIT: core::time::Duration = core::time::Duration::from_secs(20);
 /// Longest one cross-check sample (a segment fetched again from referees, one after the
 /// other) may take; past it the sample says nothing. A job waits for its samples before it
 /// finishes, so a referee that trickles must not hold it.

@@ -77,6 +77,9 @@ impl Meter {
 /// Each source's row: the scheduler's view of it plus its counters. `now` is the
 /// scheduler's clock (for the time left in a backoff).
 pub(crate) fn sources_info(sched: &Scheduler, meters: &[Meter], now: Duration) -> Vec<SourceInfo> {
+    // Once every segment is in, nobody is retried: a source still in backoff shows why it
+    // failed, not a countdown to a retry that never comes.
+    let complete = matches!(sched.phase(), arsnet_sched::Phase::Complete);
     meters
         .iter()
         .enumerate()
@@ -87,6 +90,9 @@ pub(crate) fn sources_info(sched: &Scheduler, meters: &[Meter], now: Duration) -
                 ServerState::Idle => (SourceState::Idle, String::new()),
                 ServerState::Connecting => (SourceState::Connecting, String::new()),
                 ServerState::Active => (SourceState::Active, String::new()),
+                ServerState::Backoff { last_error, .. } if complete => {
+                    (SourceState::Idle, last_error.clone())
+                }
                 ServerState::Backoff {
                     until, last_error, ..
                 } => {
@@ -201,6 +207,34 @@ mod tests {
             "gave up after 2 attempts: connect failed: no such host"
         );
         assert!(rows.iter().all(|r| r.rate_bps == 0), "{rows:?}");
+    }
+
+    #[test]
+    fn a_source_still_in_backoff_when_the_job_completes_shows_why_and_no_countdown() {
+        let mut sched = Scheduler::new(Config::default(), 2, Duration::ZERO);
+        let conns = connects(&mut sched);
+        let busy = "HTTP status 503 (retry after 7s)";
+        let seven = Duration::from_secs(7);
+        sched.on_disconnected_retry_after(Duration::ZERO, conns[0], busy, seven);
+        sched.pin([7; 32]);
+        let layout = arsnet_sched::Layout {
+            segment_count: 1,
+            size: 10,
+            fingerprint: [7; 32],
+            content: [7; 32],
+        };
+        sched.on_header(Duration::ZERO, conns[1], layout);
+        let t = Duration::from_secs(1);
+        sched.on_segment(t, conns[1], 0, true);
+        assert_eq!(sched.phase(), arsnet_sched::Phase::Complete);
+        assert!(matches!(sched.server_state(0), ServerState::Backoff { .. }));
+        let started = Instant::now();
+        let meters: Vec<Meter> = (0..2)
+            .map(|i| Meter::new(format!("127.0.0.1:{i}"), started))
+            .collect();
+        let rows = sources_info(&sched, &meters, t);
+        assert_eq!(rows[0].state, SourceState::Idle, "{:?}", rows[0]);
+        assert_eq!(rows[0].detail, busy);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! publishes nothing; a kill -9 mid-download resumes from the journal.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::http_mirrors::{completed, fetch_sources, setup, LONG, SIZE};
 use crate::nginx::Nginx;
@@ -214,6 +214,79 @@ fn a_mirror_of_another_size_among_mirrors_alone_is_outvoted_and_blamed_with_its_
     assert_eq!(blamed["state"], "blamed", "{status}");
     let detail = blamed["detail"].as_str().unwrap();
     assert!(detail.contains(&short.len().to_string()), "{detail}");
+}
+
+/// A checksum server that answers each request after a second with 404, counting how many
+/// requests it holds at once.
+fn counting_checksum_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (open, most) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let seen = most.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (open, most) = (open.clone(), most.clone());
+            std::thread::spawn(move || {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                open.fetch_sub(1, Ordering::SeqCst);
+                let _ = (&stream).write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// A flood of `fetch --checksum-url` opens no flood of connections: the daemon reads a few
+/// checksum files at a time and the other requests wait their turn (each is still answered:
+/// here, with the server's 404).
+#[test]
+fn checksum_files_are_read_a_few_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, most) = counting_checksum_server();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let runs: Vec<Output> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let (client, base, tmp) = (&client, &base, &tmp);
+                scope.spawn(move || {
+                    let out = tmp.path().join(format!("out{i}"));
+                    let (source, sums) = (format!("{base}/f{i}.bin"), format!("{base}/SHA256SUMS"));
+                    let dir = out.to_str().unwrap();
+                    client.ctl(&[
+                        "fetch",
+                        "-o",
+                        dir,
+                        "--source",
+                        &source,
+                        "--checksum-url",
+                        &sums,
+                    ])
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for out in runs {
+        assert!(!out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("404"), "{said}");
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=4).contains(&most), "{most} checksum reads at once");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arsnet_proto::control::{
     ControlError, ErrorKind, FetchSpec, JobId, JobInfo, Pin, Update, Verification,
 };
+use arsnet_proto::limits::{CHECKSUM_FETCHES_AT_ONCE, CHECKSUM_TURN_WAIT};
 use tracing::info;
 
 use crate::caller::DirGrant;
@@ -72,6 +73,16 @@ pub(crate) async fn resolve_checksum(
         .mirror_file_name()
         .ok_or_else(|| bad("--checksum-url needs a mirror URL to name the line to use"))?;
     let connect_timeout = daemon.config().download_config(1).connect_timeout;
+    let turn = tokio::time::timeout(CHECKSUM_TURN_WAIT, daemon.checksum_turns.acquire()).await;
+    let Ok(Ok(_turn)) = turn else {
+        return Err(ControlError::new(
+            ErrorKind::Conflict,
+            format!(
+                "--checksum-url {url}: {CHECKSUM_FETCHES_AT_ONCE} checksum files are being read \
+                 already; try again"
+            ),
+        ));
+    };
     let pin =
         arsnet_engine::download::checksum_url::resolve(url, &name, &spec.ca_certs, connect_timeout)
             .await

@@ -66,6 +66,9 @@ pub struct Daemon {
     pub(crate) started: Instant,
     /// Start-up told the service manager READY=1 (see `service.rs`).
     pub(crate) ready: std::sync::atomic::AtomicBool,
+    /// Turns to read a checksum file (`fetch --checksum-url`), at most
+    /// `CHECKSUM_FETCHES_AT_ONCE` at a time.
+    pub(crate) checksum_turns: tokio::sync::Semaphore,
 }
 
 impl Daemon {
@@ -93,6 +96,9 @@ impl Daemon {
             restore_notes: Mutex::new(Vec::new()),
             started: Instant::now(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            checksum_turns: tokio::sync::Semaphore::new(
+                arsnet_proto::limits::CHECKSUM_FETCHES_AT_ONCE,
+            ),
         })
     }
 
