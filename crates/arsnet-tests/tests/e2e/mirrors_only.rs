@@ -216,6 +216,35 @@ fn a_mirror_of_another_size_among_mirrors_alone_is_outvoted_and_blamed_with_its_
     assert!(detail.contains(&short.len().to_string()), "{detail}");
 }
 
+/// An empty file on mirrors alone (nginx answers a Range request on it with 416, or the
+/// whole empty body): published empty, with each kind of identity, never left waiting.
+#[test]
+fn an_empty_file_on_mirrors_alone_is_published_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("empty.bin"), b"").unwrap();
+    let mirrors = [Nginx::start(&root, ""), Nginx::start(&root, "")];
+    let sources: Vec<String> = mirrors.iter().map(|n| n.url("empty.bin")).collect();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let sha256 = sha256_hex(&root.join("empty.bin"));
+    let blake3 = blake3_hex(b"");
+    for (i, flags) in [
+        vec!["--no-verify"],
+        vec!["--sha256", sha256.as_str()],
+        vec!["--blake3", blake3.as_str()],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("out{i}"));
+        let run = fetch_wait(&client, &out, &sources, &flags);
+        assert!(run.status.success(), "{flags:?}: {run:?}");
+        let got = std::fs::read(out.join("empty.bin")).unwrap();
+        assert!(got.is_empty(), "{flags:?}: {} bytes", got.len());
+    }
+}
+
 /// A checksum server that answers each request after a second with 404, counting how many
 /// requests it holds at once.
 fn counting_checksum_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {

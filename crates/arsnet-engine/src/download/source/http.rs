@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arsnet_proto::Manifest;
 use reqwest::header::{
-    HeaderMap, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
+    HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
@@ -119,6 +119,39 @@ impl MirrorFile {
     }
 }
 
+/// The probe's answer when it is not a 206: an empty file has no byte 0 to send, so a
+/// mirror answers with 416 and `Content-Range: bytes */0`, or ignores the range and sends
+/// its empty body with 200 (nginx does). Either is the file of size 0; a 200 with a body is
+/// a mirror that ignores Range, and any other 416 an answer that makes no sense here.
+async fn empty_file(
+    mut response: reqwest::Response,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Claim, SourceError> {
+    if status == StatusCode::RANGE_NOT_SATISFIABLE {
+        if header(headers, CONTENT_RANGE).as_deref() != Some("bytes */0") {
+            return Err(unexpected_status(status, headers));
+        }
+    } else {
+        let announced_empty = header(headers, CONTENT_LENGTH).as_deref() == Some("0");
+        // Announced empty or not, a byte of body is the whole file being sent.
+        let sends_bytes = !announced_empty
+            || response
+                .chunk()
+                .await
+                .map_err(transport)?
+                .is_some_and(|c| !c.is_empty());
+        if sends_bytes {
+            return Err(SourceError::IgnoresRange);
+        }
+    }
+    Ok(Claim::Mirror(Arc::new(MirrorFile {
+        size: 0,
+        etag: header(headers, ETAG),
+        last_modified: header(headers, LAST_MODIFIED),
+    })))
+}
+
 impl Source for HttpMirror {
     async fn handshake(&mut self, link: &Link) -> Result<Claim, SourceError> {
         let response = self
@@ -130,8 +163,8 @@ impl Source for HttpMirror {
             .map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
-        if status == StatusCode::OK {
-            return Err(SourceError::IgnoresRange);
+        if status == StatusCode::OK || status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return empty_file(response, status, &headers).await;
         }
         if status != StatusCode::PARTIAL_CONTENT {
             return Err(unexpected_status(status, &headers));
