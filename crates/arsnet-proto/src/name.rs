@@ -19,6 +19,46 @@ pub enum NameError {
     Dots(String),
     #[error("file name {0:?} contains a control character")]
     Control(String),
+    #[error("file name {0:?} ends in a suffix ArsNet reserves for partial downloads")]
+    Reserved(String),
+    #[error(
+        "file name {0:?} is {len} bytes: with the partial files' suffix it would exceed the \
+         {MAX_NAME_LEN}-byte limit of file names",
+        len = .0.len()
+    )]
+    TooLongForSuffix(String),
+}
+
+/// Suffix of the dump file: `DIR/NAME.arsnet-dump`.
+pub const DUMP_SUFFIX: &str = ".arsnet-dump";
+/// Suffix of the journal file: `DIR/NAME.arsnet-segments`.
+pub const JOURNAL_SUFFIX: &str = ".arsnet-segments";
+/// Inserted into the name of a journal that could not be trusted and was kept aside.
+pub const UNTRUSTED_MARK: &str = ".arsnet-untrusted";
+
+/// True when `name` ends in (or contains the kept-aside mark of) an ArsNet-reserved suffix.
+/// ASCII case is ignored, since the directory may be on a case-insensitive file system.
+pub fn is_reserved_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(DUMP_SUFFIX)
+        || lower.ends_with(JOURNAL_SUFFIX)
+        || lower.contains(UNTRUSTED_MARK)
+}
+
+/// A name a download may be saved under in its directory: a plain file name
+/// ([`validate_file_name`]) short enough to take the partial files' suffixes, and not one of
+/// ArsNet's own names (so a download is never published over another's partial files). The
+/// one rule, applied to a request's mirror URL when it arrives and to a server's announced
+/// name before anything is created.
+pub fn validate_download_name(raw: &[u8]) -> Result<&str, NameError> {
+    let name = validate_file_name(raw)?;
+    if name.len() + JOURNAL_SUFFIX.len().max(DUMP_SUFFIX.len()) > MAX_NAME_LEN {
+        return Err(NameError::TooLongForSuffix(name.to_owned()));
+    }
+    if is_reserved_name(name) {
+        return Err(NameError::Reserved(name.to_owned()));
+    }
+    Ok(name)
 }
 
 /// Accepts only a plain file name: non-empty, at most 255 bytes, UTF-8, no `/`, `\`, NUL or

@@ -9,7 +9,6 @@ use crate::limits::{
     MAX_CA_CERTS, MAX_CA_CERT_BYTES, MAX_CONNECTIONS_PER_SOURCE, MAX_INTERVAL_SECS,
     MAX_SOURCES_PER_JOB, MIN_SERVE_PORT,
 };
-use crate::source::SourceAddr;
 
 /// Why a `serve` or `fetch` request is refused. The texts name the flag the user typed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,8 +37,11 @@ pub enum RequestError {
     MirrorsOnly,
     #[error("--no-verify is only for jobs of HTTP mirrors alone without a pin: an ArsNet server or a pin always verifies")]
     NeedlessNoVerify,
-    #[error("mirror URL {0} does not end in a file name to save under")]
-    NoFileName(String),
+    #[error("mirror URL {url} does not end in a name to save the file under: {reason}")]
+    NoFileName {
+        url: String,
+        reason: crate::name::NameError,
+    },
     #[error("--checksum-url must be an http:// or https:// URL")]
     ChecksumUrl,
     #[error("--checksum-url needs a mirror URL (--source http://…/NAME) to name the line to use")]
@@ -127,15 +129,11 @@ impl FetchSpec {
                 return Err(RequestError::ChecksumNeedsName);
             }
         }
-        if mirrors_only
-            && self
-                .sources
-                .first()
-                .and_then(SourceAddr::file_name)
-                .is_none()
-        {
-            let first = self.sources.first().map(|s| s.to_string());
-            return Err(RequestError::NoFileName(first.unwrap_or_default()));
+        if let (true, Some(first)) = (mirrors_only, self.sources.first()) {
+            if let Err(reason) = first.download_name() {
+                let url = first.to_string();
+                return Err(RequestError::NoFileName { url, reason });
+            }
         }
         let pem =
             |c: &String| c.len() <= MAX_CA_CERT_BYTES && c.contains("-----BEGIN CERTIFICATE-----");
@@ -286,17 +284,24 @@ mod tests {
         mixed.no_verify = true;
         assert_eq!(mixed.validate(), Err(RequestError::NeedlessNoVerify));
         // The name comes from the first mirror's URL, and must be a safe plain name.
+        // Checked when the request arrives, with the rule the store applies: ArsNet's own
+        // suffixes (any case) and names too long to take them are refused too.
+        let long = format!("http://a/{}", "n".repeat(250));
         for url in [
             "http://a/",
             "http://a/dir/",
             "http://a/%2e%2e",
             "http://a/x%2Fy",
             "http://a/%00",
+            "http://a/x.img.arsnet-dump",
+            "http://a/x.img.ARSNET-SEGMENTS",
+            "http://a/x.arsnet-untrusted-1",
+            long.as_str(),
         ] {
             let mut nameless = fetch(&[url, "http://b/x.img"]);
             nameless.no_verify = true;
             assert!(
-                matches!(nameless.validate(), Err(RequestError::NoFileName(_))),
+                matches!(nameless.validate(), Err(RequestError::NoFileName { .. })),
                 "{url}"
             );
         }
@@ -304,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_mirror_names_its_file_by_the_url_path_decoded() {
-        let name = |s: &str| s.parse::<SourceAddr>().unwrap().file_name();
+        let name = |s: &str| s.parse::<crate::source::SourceAddr>().unwrap().file_name();
         assert_eq!(name("http://a/pub/x.img"), Some("x.img".into()));
         assert_eq!(
             name("http://a/pub/my%20file.iso?sig=1"),

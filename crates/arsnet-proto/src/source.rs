@@ -108,16 +108,26 @@ impl SourceAddr {
     /// gave, never from a header the mirror chooses. `None` for an ArsNet server (its
     /// manifest names the file) and for a URL ending in `/`, `..` or a name that is not safe.
     pub fn file_name(&self) -> Option<String> {
+        self.download_name().ok()
+    }
+
+    /// The name a mirror's URL gives the file (its last path segment, percent-decoded), if
+    /// a download may be saved under it (`name::validate_download_name`), or why not.
+    pub fn download_name(&self) -> Result<String, crate::name::NameError> {
+        use crate::name::NameError;
         let SourceAddr::Http { url } = self else {
-            return None;
+            return Err(NameError::Empty);
         };
-        let last = url.path_segments()?.next_back()?;
+        let last = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or_default();
         let name = percent_encoding::percent_decode_str(last)
             .decode_utf8()
-            .ok()?
+            .map_err(|_| NameError::NotUtf8)?
             .into_owned();
-        crate::name::validate_file_name(name.as_bytes()).ok()?;
-        Some(name)
+        crate::name::validate_download_name(name.as_bytes())?;
+        Ok(name)
     }
 
     /// The whole source, credentials included: for fetching and for the daemon's own

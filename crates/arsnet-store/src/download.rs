@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 
 use arsnet_proto::control::Pin;
 use arsnet_proto::manifest::to_hex;
-use arsnet_proto::{validate_file_name, Digest, JobTag, Manifest};
+use arsnet_proto::{Digest, JobTag, Manifest};
 
 use crate::dir::{Dir, Entry};
 use crate::error::StoreError;
 use crate::journal::Journal;
 use crate::store::{
-    dump_name, is_reserved_name, journal_name, Adopted, Store, StorePaths, JOURNAL_SUFFIX,
-    UNTRUSTED_MARK,
+    dump_name, journal_name, Adopted, Store, StorePaths, JOURNAL_SUFFIX, UNTRUSTED_MARK,
 };
 
 /// One download's dump and journal in `DIR`, on real files.
@@ -583,22 +582,7 @@ fn checked_name<'a>(raw: &'a [u8], dir: &Path) -> Result<&'a str, StoreError> {
             io::Error::new(io::ErrorKind::InvalidInput, reason),
         )
     };
-    let name = validate_file_name(raw).map_err(|e| invalid(e.to_string()))?;
-    let longest = name.len() + JOURNAL_SUFFIX.len().max(crate::store::DUMP_SUFFIX.len());
-    if longest > arsnet_proto::limits::MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "file name {name:?} is {} bytes: with the partial files' suffix it would exceed \
-             the {}-byte limit of file names",
-            name.len(),
-            arsnet_proto::limits::MAX_NAME_LEN
-        )));
-    }
-    if is_reserved_name(name) {
-        return Err(invalid(format!(
-            "file name {name:?} ends in a suffix ArsNet reserves for partial downloads"
-        )));
-    }
-    Ok(name)
+    arsnet_proto::name::validate_download_name(raw).map_err(|e| invalid(e.to_string()))
 }
 
 /// Takes an exclusive, non-blocking `flock` on the journal for as long as the file stays

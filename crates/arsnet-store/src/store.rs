@@ -16,10 +16,9 @@ use crate::error::StoreError;
 use crate::journal::{Journal, JournalContents};
 use crate::segset::SegmentSet;
 
-/// Suffix of the dump file: `DIR/NAME.arsnet-dump`.
-pub const DUMP_SUFFIX: &str = ".arsnet-dump";
-/// Suffix of the journal file: `DIR/NAME.arsnet-segments`.
-pub const JOURNAL_SUFFIX: &str = ".arsnet-segments";
+// The names ArsNet gives its own files in DIR, and the rule for a download's name, are
+// `arsnet_proto::name`'s: a request is checked against the same rule when it arrives.
+pub use arsnet_proto::name::{is_reserved_name, DUMP_SUFFIX, JOURNAL_SUFFIX, UNTRUSTED_MARK};
 
 /// What adopting a partial download found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,18 +63,6 @@ pub fn journal_name(name: &str) -> String {
 /// Suffixes ArsNet gives its own files in `DIR`; a server-chosen name ending in one is
 /// refused, so a download can never be published over another's partial files.
 pub const RESERVED_SUFFIXES: [&str; 3] = [DUMP_SUFFIX, JOURNAL_SUFFIX, UNTRUSTED_MARK];
-
-/// Inserted into the name of a journal that could not be trusted and was kept aside.
-pub const UNTRUSTED_MARK: &str = ".arsnet-untrusted";
-
-/// True when `name` ends in (or contains the kept-aside mark of) an ArsNet-reserved suffix.
-/// ASCII case is ignored, since the directory may be on a case-insensitive file system.
-pub fn is_reserved_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with(DUMP_SUFFIX)
-        || lower.ends_with(JOURNAL_SUFFIX)
-        || lower.contains(UNTRUSTED_MARK)
-}
 
 /// The write-order logic of a download over any pair of backends: `D` for the dump, `J`
 /// for the journal.

@@ -141,8 +141,11 @@ fn mirrors_of_another_size_without_range_or_failing_are_dropped_with_the_reason(
     let extra = "location = /norange.bin { max_ranges 0; alias ROOT/f.bin; }\n\
                  location = /busy.bin { add_header Retry-After 7 always; return 503; }\n\
                  location = /loop.bin { return 302 /loop.bin; }\n\
-                 location = /moved.bin { return 301 /f.bin; }"
+                 location = /moved.bin { return 301 /f.bin; }\n\
+                 limit_rate 524288;"
         .replace("ROOT", &s.mirror_root.display().to_string());
+    // Throttled (the ArsNet server too, above), so that the job outlasts every mirror's
+    // first answer: each bad one is dropped with its reason before the file is whole.
     let n = Nginx::start(&s.mirror_root, &extra);
     let client = Daemon::start(&s.tmp.path().join("cli"));
     let out = s.tmp.path().join("out");

@@ -216,6 +216,27 @@ fn a_mirror_of_another_size_among_mirrors_alone_is_outvoted_and_blamed_with_its_
     assert!(detail.contains(&short.len().to_string()), "{detail}");
 }
 
+/// A mirror URL whose name ArsNet keeps for its own files, or too long to take their
+/// suffixes, is refused when the request is made (a usage error), not when the job runs.
+#[test]
+fn a_mirror_name_arsnet_reserves_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let out = tmp.path().join("out");
+    let long = format!("http://127.0.0.1:9/{}", "n".repeat(250));
+    for (url, why) in [
+        ("http://127.0.0.1:9/x.img.arsnet-dump", "reserves"),
+        ("http://127.0.0.1:9/x.img.Arsnet-Segments", "reserves"),
+        (long.as_str(), "limit of file names"),
+    ] {
+        let run = fetch_wait(&client, &out, &[url.to_string()], &["--no-verify"]);
+        assert_eq!(run.status.code(), Some(2), "{url}: {run:?}");
+        let said = String::from_utf8_lossy(&run.stderr);
+        assert!(said.contains(why), "{url}: {said}");
+    }
+    assert!(client.ok(&["list"]).lines().all(|l| !l.contains("arsnet-")));
+}
+
 /// An empty file on mirrors alone (nginx answers a Range request on it with 416, or the
 /// whole empty body): published empty, with each kind of identity, never left waiting.
 #[test]
