@@ -379,7 +379,8 @@ fn human_sized_rates_and_a_progress_report_on_a_fixed_schedule() {
     assert_eq!(waited.status.code(), Some(7));
     let reports = String::from_utf8_lossy(&waited.stdout)
         .lines()
-        .filter(|l| l.starts_with("job 1 "))
+        // After each line's UTC stamp (`2026-12-02T15:04:05Z `).
+        .filter(|l| l.get(21..).is_some_and(|rest| rest.starts_with("job 1 ")))
         .count();
     assert!(reports >= 3, "reports in 3.5 s with -i 1: {reports}");
 }

@@ -67,8 +67,14 @@ fn report_job(json: bool, info: &JobInfo) {
             serde_json::json!({ "job": json::value(&json::Job::from(info)) }),
         );
     } else {
-        out::text(&render::job_detail(info));
+        plain(&render::job_detail(info));
     }
+}
+
+/// A plain report (not a terminal): each line starts with the time it was printed, in UTC,
+/// so that a log or cron's mail says when each figure was seen.
+fn plain(text: &str) {
+    out::text(&crate::stamp::lines(&crate::stamp::now(), text));
 }
 
 /// Shows one report of a job in the chosen form.
@@ -280,12 +286,12 @@ fn show_update(
                 serde_json::json!({ "groups": json::groups(&groups) }),
             ),
             Display::Quiet => {}
-            _ => out::text(&render::groups_table(&groups)),
+            _ => plain(&render::groups_table(&groups)),
         },
         (Response::Lagged { skipped }, None) => match display {
             Display::Json => event("lagged", serde_json::json!({ "skipped": skipped })),
             Display::Quiet => {}
-            _ => out::line(&lagged(skipped)),
+            _ => plain(&lagged(skipped)),
         },
         (other, _) => return unexpected(other),
     }
