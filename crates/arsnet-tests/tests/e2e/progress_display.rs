@@ -314,3 +314,33 @@ fn term_dumb_gets_plain_lines() {
         "{screen}"
     );
 }
+
+#[test]
+fn a_source_that_is_not_transferring_shows_a_dash_for_its_rate() {
+    // 4 live servers, and a port where nothing listens: the dead source is in backoff (or
+    // connecting) all along, and its rate is "-", never "0 B/s", in the plain reports of
+    // `fetch --wait` and in `status`.
+    let s = slow_setup(2 << 20, 512 * 1024);
+    let dead = free_ports(1)[0];
+    let mut args = fetch_args(&s.out, &s.ports, &["--wait"]);
+    args.extend(["--source".into(), format!("127.0.0.1:{dead}")]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let piped = ctl_within(&s.client, &refs, LONG).expect("ended");
+    let text = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.status.success(), "{piped:?}");
+    let dead_address = format!("127.0.0.1:{dead} ");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(&dead_address)).collect();
+    assert!(!rows.is_empty(), "the dead source has a row:\n{text}");
+    for row in &rows {
+        assert!(
+            !row.contains("B/s") && row.contains(" - "),
+            "no rate for a dead source: {row}"
+        );
+    }
+    let status = s.client.ok(&["status", "1"]);
+    let row = status
+        .lines()
+        .find(|l| l.contains(&dead_address))
+        .unwrap_or_else(|| panic!("the dead source in status:\n{status}"));
+    assert!(!row.contains("B/s") && row.contains(" - "), "{row}");
+}
