@@ -244,7 +244,8 @@ pub struct FetchArgs {
 pub struct WatchArgs {
     /// The job to follow until it ends; without it, every update of the daemon.
     pub id: Option<u64>,
-    /// Seconds between progress reports of the followed job (1..=86400).
+    /// Seconds between progress reports of the followed job (1..=86400), whatever `-i` the
+    /// job was fetched with (figures the daemon pushed longer ago are asked for afresh).
     #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
     pub interval: u64,
     /// Stop watching after this long (90s, 5m, 2h; exit code 7). The job continues.
