@@ -128,8 +128,15 @@ pub enum Command {
     /// Stop the daemon gracefully (jobs resume on its next start).
     Shutdown,
     /// Print the manual page (roff), e.g. `arsnetctl man | man -l -`, or
-    /// `arsnetctl man > /usr/local/share/man/man1/arsnetctl.1`.
-    Man,
+    /// `arsnetctl man > /usr/local/share/man/man1/arsnetctl.1`; with --dir, write a page for
+    /// every command too (arsnetctl-fetch.1, arsnetctl-watch.1, ...).
+    Man {
+        /// Write arsnetctl.1 and one arsnetctl-COMMAND.1 per command into this directory
+        /// (e.g. /usr/local/share/man/man1) instead of printing the top page; prints the
+        /// paths written.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish), e.g.
     /// `arsnetctl completions bash > /etc/bash_completion.d/arsnetctl`.
     Completions {

@@ -834,3 +834,68 @@ fn watch_reports_at_its_own_interval_not_the_jobs() {
         "new figures in 5 s with -i 1 on a job of -i 30: {seen:?}"
     );
 }
+
+#[test]
+fn every_command_has_a_manual_page_naming_its_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let out = Command::new(bin("arsnetctl"))
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let top = std::fs::read_to_string(dir.join("arsnetctl.1")).expect("arsnetctl.1");
+    assert!(top.contains("arsnetctl"), "{top}");
+    let commands = [
+        "serve",
+        "servers",
+        "stop-server",
+        "start-server",
+        "unserve",
+        "fetch",
+        "list",
+        "status",
+        "watch",
+        "pause",
+        "resume",
+        "cancel",
+        "metrics",
+        "shutdown",
+        "man",
+        "completions",
+    ];
+    for command in commands {
+        let path = dir.join(format!("arsnetctl-{command}.1"));
+        assert!(
+            listed.contains(path.to_str().unwrap()),
+            "{} is listed: {listed}",
+            path.display()
+        );
+        let page =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Every long option `--help` shows is in the page (roff writes `-` as `\-`).
+        let help = Command::new(bin("arsnetctl"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        // The lines that introduce an option: `  -i <SECS>`, `      --wait`, `  -q, --quiet`.
+        let options: Vec<&str> = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with('-'))
+            .filter_map(|l| {
+                l.split(|c: char| c.is_whitespace() || c == ',')
+                    .find(|w| w.starts_with("--") && w.len() > 2)
+            })
+            .collect();
+        if command == "fetch" {
+            assert!(options.contains(&"--wait"), "{help}");
+        }
+        for option in options {
+            let roff = option.replace('-', "\\-");
+            assert!(page.contains(&roff), "{} names {option}", path.display());
+        }
+    }
+}
