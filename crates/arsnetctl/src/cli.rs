@@ -128,8 +128,15 @@ pub enum Command {
     /// Stop the daemon gracefully (jobs resume on its next start).
     Shutdown,
     /// Print the manual page (roff), e.g. `arsnetctl man | man -l -`, or
-    /// `arsnetctl man > /usr/local/share/man/man1/arsnetctl.1`.
-    Man,
+    /// `arsnetctl man > /usr/local/share/man/man1/arsnetctl.1`; with --dir, write a page for
+    /// every command too (arsnetctl-fetch.1, arsnetctl-watch.1, ...).
+    Man {
+        /// Write arsnetctl.1 and one arsnetctl-COMMAND.1 per command into this directory
+        /// (e.g. /usr/local/share/man/man1) instead of printing the top page; prints the
+        /// paths written.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish), e.g.
     /// `arsnetctl completions bash > /etc/bash_completion.d/arsnetctl`.
     Completions {
@@ -244,7 +251,8 @@ pub struct FetchArgs {
 pub struct WatchArgs {
     /// The job to follow until it ends; without it, every update of the daemon.
     pub id: Option<u64>,
-    /// Seconds between progress reports of the followed job (1..=86400).
+    /// Seconds between progress reports of the followed job (1..=86400), whatever `-i` the
+    /// job was fetched with (figures the daemon pushed longer ago are asked for afresh).
     #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
     pub interval: u64,
     /// Stop watching after this long (90s, 5m, 2h; exit code 7). The job continues.

@@ -10,7 +10,7 @@
 
 use std::io::IsTerminal;
 
-use arsnet_proto::control::{GroupInfo, JobId, JobInfo, JobState, SourceInfo, SourceState};
+use arsnet_proto::control::{GroupInfo, JobId, JobInfo, JobState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::render;
@@ -66,14 +66,8 @@ impl Display {
     }
 }
 
-/// A source's rate as the display shows it: only a transferring source has one. A dead
-/// server in backoff, a blamed or given-up source shows a dash, never a leftover trickle.
-pub fn source_rate(source: &SourceInfo) -> String {
-    match source.state {
-        SourceState::Active if source.rate_bps > 0 => render::rate(source.rate_bps),
-        _ => "-".into(),
-    }
-}
+/// A source's rate as people are shown it (defined with the tables, which show it too).
+pub use crate::render::source_rate;
 
 /// Cuts `text` to `width` characters, marking the cut with "…".
 fn cut(text: &str, width: usize) -> String {
@@ -401,7 +395,7 @@ impl Drop for Bars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arsnet_proto::control::SourceInfo;
+    use arsnet_proto::control::{SourceInfo, SourceState};
 
     fn source(address: &str, state: SourceState, rate: u64, segments: u64) -> SourceInfo {
         SourceInfo {

@@ -1,9 +1,19 @@
 //! Human-readable output: tables for jobs and server groups, one progress block per update.
 //! `--json` bypasses all of this.
 
-use arsnet_proto::control::{GroupInfo, JobInfo, JobState};
+use arsnet_proto::control::{GroupInfo, JobInfo, JobState, SourceInfo, SourceState};
 pub use arsnet_proto::units::{human_bytes as bytes, human_rate as rate};
 use arsnet_proto::units::{human_bytes, human_rate};
+
+/// A source's rate as every display shows it (the bars, plain reports, `status`): only a
+/// transferring source has one. A dead server in backoff, a blamed or given-up source shows
+/// a dash, never "0 B/s" or a leftover trickle.
+pub fn source_rate(source: &SourceInfo) -> String {
+    match source.state {
+        SourceState::Active if source.rate_bps > 0 => rate(source.rate_bps),
+        _ => "-".into(),
+    }
+}
 
 /// "  (why)" after a table row, or nothing.
 fn detail_suffix(detail: &str) -> String {
@@ -134,7 +144,7 @@ pub fn job_detail(info: &JobInfo) -> String {
             "  {:<22} {:<10} {:>12} {:>12}  {:>8}  {:>8}{}\n",
             s.address,
             s.state.label(),
-            human_rate(s.rate_bps),
+            source_rate(s),
             human_bytes(s.bytes),
             s.segments,
             s.failures,

@@ -379,7 +379,8 @@ fn human_sized_rates_and_a_progress_report_on_a_fixed_schedule() {
     assert_eq!(waited.status.code(), Some(7));
     let reports = String::from_utf8_lossy(&waited.stdout)
         .lines()
-        .filter(|l| l.starts_with("job 1 "))
+        // After each line's UTC stamp (`2026-12-02T15:04:05Z `).
+        .filter(|l| l.get(21..).is_some_and(|rest| rest.starts_with("job 1 ")))
         .count();
     assert!(reports >= 3, "reports in 3.5 s with -i 1: {reports}");
 }
@@ -540,4 +541,361 @@ fn watch_id_ends_with_the_jobs_exit_code() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(5), "{status:?}");
+}
+
+/// A job as a fake daemon reports it.
+fn fake_job(id: u64, state: arsnet_proto::control::JobState) -> arsnet_proto::control::JobInfo {
+    arsnet_proto::control::JobInfo {
+        id,
+        state,
+        dir: "/tmp".into(),
+        name: Some("file.bin".into()),
+        size: Some(1 << 20),
+        segments_total: Some(16),
+        segments_done: 0,
+        bytes_done: 0,
+        adopted_segments: 0,
+        rate_bps: 0,
+        elapsed_ms: 1,
+        sources: vec![],
+        content: None,
+        verification: Default::default(),
+        owner_tag: None,
+    }
+}
+
+/// How a fake daemon answers a `watch`: these updates, then the connection is closed (or
+/// kept open without a word more).
+struct WatchScript {
+    updates: Vec<arsnet_proto::control::Response>,
+    close: bool,
+}
+
+/// A daemon in this test's process, at `dir/ctl.sock`, speaking just enough of the control
+/// protocol: `fetch` answers `fetch_answer` (none: never answers), the n-th `watch` follows
+/// `watches[n]` (past the end: never answers), `status` answers the job running. Returns
+/// the socket and how many requests of each kind arrived (fetch, watch).
+fn fake_daemon(
+    dir: &std::path::Path,
+    fetch_answer: Option<arsnet_proto::control::Response>,
+    watches: Vec<WatchScript>,
+) -> (
+    std::path::PathBuf,
+    std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
+) {
+    use arsnet_proto::control::{decode_client_message, encode_frame, JobState, Request, Response};
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let socket = dir.join("ctl.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let seen = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let watches = Arc::new(Mutex::new(watches.into_iter()));
+    let counts = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (seen, watches, fetch_answer) =
+                (counts.clone(), watches.clone(), fetch_answer.clone());
+            std::thread::spawn(move || loop {
+                let mut len = [0u8; 4];
+                if conn.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+                if conn.read_exact(&mut payload).is_err() {
+                    return;
+                }
+                let (answers, close) = match decode_client_message(&payload) {
+                    Ok(Request::Fetch(_)) => {
+                        seen[0].fetch_add(1, Ordering::SeqCst);
+                        (fetch_answer.clone().into_iter().collect(), false)
+                    }
+                    Ok(Request::Watch { .. }) => {
+                        seen[1].fetch_add(1, Ordering::SeqCst);
+                        match watches.lock().unwrap().next() {
+                            Some(script) => (script.updates, script.close),
+                            None => (vec![], false),
+                        }
+                    }
+                    Ok(Request::Status { id }) => {
+                        (vec![Response::Job(fake_job(id, JobState::Running))], false)
+                    }
+                    _ => (vec![], false),
+                };
+                for answer in answers {
+                    if conn.write_all(&encode_frame(&answer).unwrap()).is_err() {
+                        return;
+                    }
+                }
+                if close {
+                    return;
+                }
+            });
+        }
+    });
+    (socket, seen)
+}
+
+/// Runs `arsnetctl --socket SOCKET ARGS`, stderr piped, stdout to nowhere.
+fn spawn_ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run arsnetctl")
+}
+
+/// Waits until `count` reaches `n` (the request is at the fake daemon, unanswered).
+fn wait_count(count: &std::sync::atomic::AtomicUsize, n: usize, what: &str) {
+    let deadline = Instant::now() + LONG;
+    while count.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "no {what} arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGINT to `child`, then its exit status and stderr.
+fn interrupt(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_before_the_daemon_answers_still_gets_the_hint() {
+    use arsnet_proto::control::Response;
+    // `watch 5`: Ctrl-C while the daemon has not answered the subscription yet.
+    let tmp = tempfile::tempdir().unwrap();
+    let (socket, seen) = fake_daemon(tmp.path(), None, vec![]);
+    let child = spawn_ctl(&socket, &["watch", "5"]);
+    wait_count(&seen[1], 1, "watch request");
+    let (status, stderr) = interrupt(child);
+    assert_eq!(status.code(), Some(130), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("job 5 continues") && stderr.contains("cancel 5"),
+        "{stderr}"
+    );
+
+    // `fetch --wait`: the job was queued, Ctrl-C comes while subscribing to it.
+    let tmp = tempfile::tempdir().unwrap();
+    let queued = Response::Queued {
+        id: 5,
+        attached: false,
+    };
+    let (socket, seen) = fake_daemon(tmp.path(), Some(queued), vec![]);
+    let out = tmp.path().join("out");
+    let out = out.to_str().unwrap();
+    let fetch = ["fetch", "--wait", "-o", out, "-a", "127.0.0.1", "-p", "9"];
+    let child = spawn_ctl(&socket, &fetch);
+    wait_count(&seen[1], 1, "watch request");
+    let (status, stderr) = interrupt(child);
+    assert_eq!(status.code(), Some(130), "{status:?}: {stderr}");
+    assert!(stderr.contains("job 5 continues"), "{stderr}");
+
+    // ... and before the daemon even answered the fetch: no job id to name yet.
+    let tmp = tempfile::tempdir().unwrap();
+    let (socket, seen) = fake_daemon(tmp.path(), None, vec![]);
+    let child = spawn_ctl(&socket, &fetch);
+    wait_count(&seen[0], 1, "fetch request");
+    let (status, stderr) = interrupt(child);
+    assert_eq!(status.code(), Some(130), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("before arsnetd answered") && stderr.contains("arsnetctl list"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_lost_connection_is_subscribed_again_once_then_leaves_the_hint() {
+    use arsnet_proto::control::{JobState, Response, Update};
+    let job = |state| Response::Update(Update::Job(fake_job(5, state)));
+    // The connection drops after the first update; the second subscription sees the end.
+    let tmp = tempfile::tempdir().unwrap();
+    let watches = vec![
+        WatchScript {
+            updates: vec![job(JobState::Running)],
+            close: true,
+        },
+        WatchScript {
+            updates: vec![job(JobState::Completed)],
+            close: false,
+        },
+    ];
+    let (socket, seen) = fake_daemon(tmp.path(), None, watches);
+    let out = ctl_within_socket(&socket, &["watch", "5"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(seen[1].load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Lost again on the second subscription: exit 3, with the hint.
+    let tmp = tempfile::tempdir().unwrap();
+    let watches = vec![
+        WatchScript {
+            updates: vec![job(JobState::Running)],
+            close: true,
+        },
+        WatchScript {
+            updates: vec![],
+            close: true,
+        },
+    ];
+    let (socket, _) = fake_daemon(tmp.path(), None, watches);
+    let out = ctl_within_socket(&socket, &["watch", "5"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("continues when arsnetd runs again") && stderr.contains("status 5"),
+        "{stderr}"
+    );
+}
+
+/// `arsnetctl --socket SOCKET ARGS` to its end (bounded by `LONG`).
+fn ctl_within_socket(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run arsnetctl");
+    let deadline = Instant::now() + LONG;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("arsnetctl {args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn watch_without_an_id_leaves_a_hint_when_the_daemon_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&tmp.path().join("d"));
+    let shown = tmp.path().join("watch.out");
+    let child = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("watch")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&shown).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    while std::fs::metadata(&shown).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "watch showed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Killed: the socket file stays, nothing listens at it, the reconnect is refused.
+    d.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("every job is saved and continues when arsnetd runs again")
+            && stderr.contains("`arsnetctl list`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn watch_reports_at_its_own_interval_not_the_jobs() {
+    // The job pushes its updates every 30 s; `watch -i 1` still shows new figures each
+    // second or so (4 sources at 128 KiB/s: 8 MiB last about 16 s).
+    let s = slow_setup(8 << 20, 128 * 1024);
+    let job = fetch(&s.client, &s.out, &s.ports, &["-i", "30"]);
+    s.client
+        .wait_job(job, LONG, |st| job_state(st) == "running");
+    let id = job.to_string();
+    let args = ["--json", "watch", "-i", "1", "--timeout", "5s", &id];
+    let out = ctl_within(&s.client, &args, LONG).expect("bounded by its timeout");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let docs = conforming(&schema(), "watch -i 1", &out.stdout);
+    let mut seen: Vec<u64> = docs
+        .iter()
+        .filter(|d| d["event"] == "job")
+        .filter_map(|d| d["job"]["bytes_done"].as_u64())
+        .collect();
+    seen.dedup();
+    assert!(
+        seen.len() >= 2,
+        "new figures in 5 s with -i 1 on a job of -i 30: {seen:?}"
+    );
+}
+
+#[test]
+fn every_command_has_a_manual_page_naming_its_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let out = Command::new(bin("arsnetctl"))
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let top = std::fs::read_to_string(dir.join("arsnetctl.1")).expect("arsnetctl.1");
+    assert!(top.contains("arsnetctl"), "{top}");
+    let commands = [
+        "serve",
+        "servers",
+        "stop-server",
+        "start-server",
+        "unserve",
+        "fetch",
+        "list",
+        "status",
+        "watch",
+        "pause",
+        "resume",
+        "cancel",
+        "metrics",
+        "shutdown",
+        "man",
+        "completions",
+    ];
+    for command in commands {
+        let path = dir.join(format!("arsnetctl-{command}.1"));
+        assert!(
+            listed.contains(path.to_str().unwrap()),
+            "{} is listed: {listed}",
+            path.display()
+        );
+        let page =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Every long option `--help` shows is in the page (roff writes `-` as `\-`).
+        let help = Command::new(bin("arsnetctl"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        // The lines that introduce an option: `  -i <SECS>`, `      --wait`, `  -q, --quiet`.
+        let options: Vec<&str> = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with('-'))
+            .filter_map(|l| {
+                l.split(|c: char| c.is_whitespace() || c == ',')
+                    .find(|w| w.starts_with("--") && w.len() > 2)
+            })
+            .collect();
+        if command == "fetch" {
+            assert!(options.contains(&"--wait"), "{help}");
+        }
+        for option in options {
+            let roff = option.replace('-', "\\-");
+            assert!(page.contains(&roff), "{} names {option}", path.display());
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! A fetch that can never succeed ends: `fetch --wait` against sources where nothing
-//! listens (or whose name does not resolve) fails after `download.max_tries` attempts each,
+//! listens (or whose name does not resolve, or that answers something other than ArsNet) fails after `download.max_tries` attempts each,
 //! exit code 4, naming every source and its last error; a dead source beside a live one is
 //! given up quietly and the download completes. The time limits are upper bounds only, so
 //! that a regression fails (the old behaviour waited forever) instead of hanging the suite.
@@ -141,4 +141,66 @@ fn a_job_that_heard_from_its_source_is_not_given_up_after_a_restart() {
     std::thread::sleep(Duration::from_secs(6));
     let st = client.status(job);
     assert_eq!(job_state(&st), "waiting", "{st}");
+}
+
+/// A TCP listener that answers every connection with `junk` and closes it: something that
+/// listens at the address, but not an ArsNet server. Returns its port and a count of the
+/// connections it answered.
+fn junk_server(junk: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            // Counted before the answer, which the client must read before it gives up.
+            count.fetch_add(1, Ordering::SeqCst);
+            // The client may have hung up already; only the answer matters.
+            let _ = conn.write_all(junk);
+        }
+    });
+    (port, answered)
+}
+
+#[test]
+fn a_source_that_answers_junk_is_given_up_and_named() {
+    for junk in [
+        &b"HTTP/1.0 400 junk\r\n\r\n"[..],
+        // A frame's length and less than it announced, then the end of the connection.
+        &[0x00, 0x00, 0x00, 0x10, 0xde, 0xad, 0xbe, 0xef, 0x01][..],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
+        let (port, answered) = junk_server(junk);
+        let out = tmp.path().join("out");
+        let args = fetch_args(&out, &[port], &["--wait"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Some(done) = ctl_within(&client, &args, BOUND) else {
+            panic!(
+                "fetch --wait from a junk server ({junk:?}) was still waiting after {BOUND:?}; log tail:\n{}",
+                tail(&client.log(), 30)
+            );
+        };
+        let stderr = text(&done.stderr);
+        assert_eq!(done.status.code(), Some(4), "job failed: {stderr}");
+        assert!(stderr.contains("job 1 failed: "), "the failure: {stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port} (")),
+            "the source is named with its error: {stderr}"
+        );
+        assert!(
+            stderr.contains("after 3 attempts each") && stderr.contains("download.max_tries"),
+            "after the configured tries: {stderr}"
+        );
+        // It was tried as often as configured, each time answered (and never believed).
+        let tries = answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(tries >= 3, "answered {tries} connections");
+        let status = client.status(1);
+        assert_eq!(job_state(&status), "failed", "{status}");
+        let written = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(written, 0, "nothing written from junk");
+    }
 }

@@ -215,12 +215,36 @@ fn ctrl_c_clears_the_bars_before_its_hint() {
     );
 }
 
+/// The time now as `date -u` writes it, in the form of the plain lines' stamps.
+fn utc_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The stamp at the start of `line` (`2026-12-02T15:04:05Z` and a space), if it has one.
+pub(crate) fn stamp_of(line: &str) -> Option<&str> {
+    let stamp = line.get(..20)?;
+    let shape = stamp.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b'T',
+        13 | 16 => b == b':',
+        19 => b == b'Z',
+        _ => b.is_ascii_digit(),
+    });
+    (shape && line[20..].starts_with(' ')).then_some(stamp)
+}
+
 #[test]
 fn a_pipe_gets_plain_lines_and_quiet_gets_nothing() {
     let s = slow_setup(1 << 20, 1 << 20);
     let args = fetch_args(&s.out, &s.ports, &["--wait"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let before = utc_now();
     let piped = ctl_within(&s.client, &refs, LONG).expect("ended");
+    let after = utc_now();
     assert!(piped.status.success(), "{piped:?}");
     let text = String::from_utf8_lossy(&piped.stdout);
     assert!(text.contains("job 1 ") && text.contains("saved "), "{text}");
@@ -228,6 +252,20 @@ fn a_pipe_gets_plain_lines_and_quiet_gets_nothing() {
         !piped.stdout.contains(&0x1b),
         "no escape bytes in a pipe: {text:?}"
     );
+    // The job id first and the `saved` line last; every progress line between them starts
+    // with the UTC time it was printed at (the stamps sort as the times do).
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "1", "{text}");
+    assert!(lines[lines.len() - 1].starts_with("saved "), "{text}");
+    let progress = &lines[1..lines.len() - 1];
+    assert!(progress.iter().any(|l| l.contains(" job 1 ")), "{text}");
+    for line in progress {
+        let stamp = stamp_of(line).unwrap_or_else(|| panic!("no UTC stamp: {line:?}\n{text}"));
+        assert!(
+            before.as_str() <= stamp && stamp <= after.as_str(),
+            "{stamp} is not between {before} and {after}"
+        );
+    }
 
     // --quiet: nothing on stdout, exit 0 on success.
     let other = s.tmp.path().join("quiet");
@@ -275,4 +313,34 @@ fn term_dumb_gets_plain_lines() {
         screen.contains("SERVER") && screen.contains("saved "),
         "{screen}"
     );
+}
+
+#[test]
+fn a_source_that_is_not_transferring_shows_a_dash_for_its_rate() {
+    // 4 live servers, and a port where nothing listens: the dead source is in backoff (or
+    // connecting) all along, and its rate is "-", never "0 B/s", in the plain reports of
+    // `fetch --wait` and in `status`.
+    let s = slow_setup(2 << 20, 512 * 1024);
+    let dead = free_ports(1)[0];
+    let mut args = fetch_args(&s.out, &s.ports, &["--wait"]);
+    args.extend(["--source".into(), format!("127.0.0.1:{dead}")]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let piped = ctl_within(&s.client, &refs, LONG).expect("ended");
+    let text = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.status.success(), "{piped:?}");
+    let dead_address = format!("127.0.0.1:{dead} ");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(&dead_address)).collect();
+    assert!(!rows.is_empty(), "the dead source has a row:\n{text}");
+    for row in &rows {
+        assert!(
+            !row.contains("B/s") && row.contains(" - "),
+            "no rate for a dead source: {row}"
+        );
+    }
+    let status = s.client.ok(&["status", "1"]);
+    let row = status
+        .lines()
+        .find(|l| l.contains(&dead_address))
+        .unwrap_or_else(|| panic!("the dead source in status:\n{status}"));
+    assert!(!row.contains("B/s") && row.contains(" - "), "{row}");
 }

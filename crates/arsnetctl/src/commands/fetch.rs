@@ -9,7 +9,7 @@ use arsnet_proto::control::{FetchSpec, Pin, Request, Response};
 use arsnet_proto::SourceAddr;
 
 use super::call::{absolute, call_with_fds, unexpected};
-use super::follow::{wait_for_job, Follow};
+use super::follow::{wait_for_job, Follow, Interrupt};
 use crate::cli::FetchArgs;
 use crate::exit::{Exit, Failure};
 
@@ -86,6 +86,14 @@ fn read_ca_certs(files: &[std::path::PathBuf]) -> Result<Vec<String>, Failure> {
         .collect()
 }
 
+/// Ctrl-C before the daemon answered the request: the job may or may not have been queued.
+fn interrupted_before_the_answer() -> Failure {
+    Failure::new(
+        Exit::Interrupted,
+        "stopped (interrupted) before arsnetd answered; if the download was queued it continues in the daemon: `arsnetctl list` shows it, `arsnetctl cancel ID` stops it",
+    )
+}
+
 pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, Failure> {
     super::follow::check_quiet(json, args.quiet)?;
     let spec = FetchSpec {
@@ -114,8 +122,20 @@ pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, F
     spec.validate()
         .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
     let opened = open_output_dir(&spec.dir)?;
+    // With --wait, Ctrl-C is caught before the request is sent: from then on it ends the
+    // command with a hint, never by the default "killed by SIGINT".
+    let mut interrupt = args.wait.then(Interrupt::catch).transpose()?;
     let request = Request::Fetch(spec);
-    let (id, attached) = match call_with_fds(socket, request, &[opened.as_fd()]).await? {
+    let fds = [opened.as_fd()];
+    let answer = call_with_fds(socket, request, &fds);
+    let answer = match &mut interrupt {
+        Some(interrupt) => tokio::select! {
+            answer = answer => answer?,
+            _ = interrupt.recv() => return Err(interrupted_before_the_answer()),
+        },
+        None => answer.await?,
+    };
+    let (id, attached) = match answer {
         Response::Queued { id, attached } => (id, attached),
         other => return unexpected(other),
     };
@@ -129,7 +149,7 @@ pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, F
             ));
         }
     }
-    if args.wait {
+    if let Some(mut interrupt) = interrupt {
         let follow = Follow {
             json,
             every: std::time::Duration::from_secs(args.interval.max(1)),
@@ -141,6 +161,7 @@ pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, F
             follow,
             args.quiet,
             args.sha256.is_some() && args.blake3.is_none(),
+            &mut interrupt,
         )
         .await
     } else {

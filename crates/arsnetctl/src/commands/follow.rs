@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use arsnet_client::{Client, ClientError};
-use arsnet_proto::control::{JobId, JobInfo, JobState, Response, Update};
-use tokio::signal::unix::{signal, SignalKind};
+use arsnet_client::{Client, ClientError, Updates};
+use arsnet_proto::control::{JobId, JobInfo, JobState, Request, Response, Update};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::call::unexpected;
@@ -67,8 +68,14 @@ fn report_job(json: bool, info: &JobInfo) {
             serde_json::json!({ "job": json::value(&json::Job::from(info)) }),
         );
     } else {
-        out::text(&render::job_detail(info));
+        plain(&render::job_detail(info));
     }
+}
+
+/// A plain report (not a terminal): each line starts with the time it was printed, in UTC,
+/// so that a log or cron's mail says when each figure was seen.
+fn plain(text: &str) {
+    out::text(&crate::stamp::lines(&crate::stamp::now(), text));
 }
 
 /// Shows one report of a job in the chosen form.
@@ -77,6 +84,27 @@ fn show_job(display: Display, bars: &mut Option<Bars>, info: &JobInfo) {
         (_, Some(bars)) => bars.job(info),
         (Display::Quiet, None) => {}
         (display, None) => report_job(display == Display::Json, info),
+    }
+}
+
+/// Ctrl-C, caught from before the first request of a command that may block (the `fetch`
+/// itself, subscribing to updates): a Ctrl-C at any moment of a follow ends it with the hint
+/// of [`interrupted`], never with the default "killed by SIGINT" and no word of the job.
+pub struct Interrupt(Signal);
+
+impl Interrupt {
+    pub fn catch() -> Result<Interrupt, Failure> {
+        signal(SignalKind::interrupt())
+            .map(Interrupt)
+            .map_err(|e| Failure::new(Exit::Refused, format!("cannot catch Ctrl-C: {e}")))
+    }
+
+    /// Resolves at the next Ctrl-C (one that came since [`Interrupt::catch`] included).
+    pub async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            // The signal driver is gone (the runtime is shutting down): no more Ctrl-C.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -89,11 +117,12 @@ pub async fn wait_for_job(
     follow: Follow,
     quiet: bool,
     pinned_sha256: bool,
+    interrupt: &mut Interrupt,
 ) -> Result<Exit, Failure> {
     let display = Display::choose(follow.json, quiet);
     let mut bars = display.bars();
     let mut last: Option<JobInfo> = None;
-    let result = follow_job(
+    let result = follow_job_catching(
         socket,
         id,
         |info, end| {
@@ -103,6 +132,7 @@ pub async fn wait_for_job(
             }
         },
         follow,
+        interrupt,
     )
     .await;
     // The job's end leaves its final frame on screen; a wait that gave up (timeout, Ctrl-C,
@@ -130,52 +160,250 @@ pub async fn wait_for_job(
     result
 }
 
+/// Subscribes to pushed updates (of job `id`, or of everything), or says why it cannot.
+async fn subscribe(socket: &Path, id: Option<JobId>) -> Result<Updates, ClientError> {
+    Client::connect(socket).await?.watch(id).await
+}
+
+/// A follow's connection to the daemon's pushed updates. A connection that is lost is
+/// subscribed again once (a daemon restarted behind its socket, as systemd's socket
+/// activation does, answers it); if that fails too, the first loss is the follow's error.
+struct Subscription {
+    updates: Updates,
+    reconnected: bool,
+}
+
+impl Subscription {
+    async fn open(
+        socket: &Path,
+        id: Option<JobId>,
+        interrupt: &mut Interrupt,
+    ) -> Result<Option<Subscription>, Failure> {
+        tokio::select! {
+            subscribed = subscribe(socket, id) => Ok(Some(Subscription {
+                updates: subscribed?,
+                reconnected: false,
+            })),
+            _ = interrupt.recv() => Ok(None),
+        }
+    }
+
+    /// After the connection was lost with `lost`: subscribes again, or gives `lost` back.
+    /// `Ok(false)`: Ctrl-C came meanwhile.
+    async fn reconnect(
+        &mut self,
+        socket: &Path,
+        id: Option<JobId>,
+        lost: ClientError,
+        interrupt: &mut Interrupt,
+    ) -> Result<bool, ClientError> {
+        if self.reconnected {
+            return Err(lost);
+        }
+        self.reconnected = true;
+        tokio::select! {
+            again = subscribe(socket, id) => match again {
+                Ok(updates) => {
+                    self.updates = updates;
+                    Ok(true)
+                }
+                Err(_) => Err(lost),
+            },
+            _ = interrupt.recv() => Ok(false),
+        }
+    }
+}
+
+/// Asks the daemon for a job's status when the figures it pushed are older than the
+/// watcher's own interval: the daemon pushes a job's updates at the interval the job was
+/// fetched with, so `watch -i 1` on a job fetched with `-i 30` would otherwise repeat stale
+/// figures. One connection, kept open between polls and opened again after a failure; a
+/// poll that fails answers `None` (the report then shows what was last pushed).
+struct Poller {
+    asks: mpsc::Sender<()>,
+    answers: mpsc::Receiver<Option<JobInfo>>,
+    task: tokio::task::JoinHandle<()>,
+    /// A poll was asked for and not answered yet.
+    asked: bool,
+}
+
+impl Poller {
+    fn start(socket: &Path, id: JobId) -> Poller {
+        let (asks, mut asked) = mpsc::channel::<()>(1);
+        let (answer, answers) = mpsc::channel(1);
+        let socket = socket.to_path_buf();
+        let task = tokio::spawn(async move {
+            let mut client = None;
+            while asked.recv().await.is_some() {
+                let info = poll_status(&socket, id, &mut client).await;
+                if answer.send(info).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Poller {
+            asks,
+            answers,
+            task,
+            asked: false,
+        }
+    }
+
+    /// Asks for a fresh status; false if one is under way already.
+    fn ask(&mut self) -> bool {
+        if self.asked {
+            return false;
+        }
+        self.asked = self.asks.try_send(()).is_ok();
+        self.asked
+    }
+
+    /// The answer to the poll asked for (call only while [`Poller::asked`]).
+    async fn answer(&mut self) -> Option<JobInfo> {
+        let answer = self.answers.recv().await.flatten();
+        self.asked = false;
+        answer
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn poll_status(socket: &Path, id: JobId, client: &mut Option<Client>) -> Option<JobInfo> {
+    if client.is_none() {
+        *client = Client::connect(socket).await.ok();
+    }
+    match client.as_mut()?.call(Request::Status { id }).await {
+        Ok(Response::Job(info)) => Some(info),
+        _ => {
+            *client = None;
+            None
+        }
+    }
+}
+
+/// What a follow knows of its job: the latest figures, pushed or polled, and when they came.
+struct Latest {
+    info: Option<JobInfo>,
+    at: Instant,
+}
+
+impl Latest {
+    /// Keeps `info` unless what is held is newer (a poll answered after a later push).
+    fn offer(&mut self, info: JobInfo) {
+        let newer = self
+            .info
+            .as_ref()
+            .is_none_or(|held| info.elapsed_ms >= held.elapsed_ms);
+        if newer {
+            self.info = Some(info);
+            self.at = Instant::now();
+        }
+    }
+
+    /// Young enough to be reported as it is at a report every `every`.
+    fn fresh(&self, every: Duration) -> bool {
+        self.at.elapsed() < every / 2
+    }
+}
+
+/// What one turn of a follow's loop came to.
+enum Turn {
+    /// New figures of the job (pushed, or polled after a tick: then `report`).
+    Seen { info: Box<JobInfo>, report: bool },
+    /// A report is due: the held figures are fresh, or a poll failed.
+    Report,
+    /// Nothing to show.
+    Nothing,
+}
+
 /// Subscribes to a job and calls `report` with its latest state every `follow.every` and
 /// once more, with `true`, at its end. Returns the exit code of the job's final state; a
 /// timeout, Ctrl-C or a lost daemon is a [`Failure`] whose message says the job continues.
 pub async fn follow_job(
     socket: &Path,
     id: JobId,
-    mut report: impl FnMut(&JobInfo, bool),
+    report: impl FnMut(&JobInfo, bool),
     follow: Follow,
 ) -> Result<Exit, Failure> {
-    let mut updates = Client::connect(socket).await?.watch(Some(id)).await?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::new(Exit::Refused, format!("cannot catch Ctrl-C: {e}")))?;
+    let mut interrupt = Interrupt::catch()?;
+    follow_job_catching(socket, id, report, follow, &mut interrupt).await
+}
+
+/// [`follow_job`], with Ctrl-C caught already (by a command that asked the daemon something
+/// first).
+pub async fn follow_job_catching(
+    socket: &Path,
+    id: JobId,
+    mut report: impl FnMut(&JobInfo, bool),
+    follow: Follow,
+    interrupt: &mut Interrupt,
+) -> Result<Exit, Failure> {
+    let Some(mut sub) = Subscription::open(socket, Some(id), interrupt).await? else {
+        return Err(interrupted(id));
+    };
+    let mut poller = Poller::start(socket, id);
     let mut ticks = tokio::time::interval(follow.every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // A timeout too long for the clock is no timeout at all.
     let deadline = follow.timeout.and_then(|t| Instant::now().checked_add(t));
-    let mut latest: Option<JobInfo> = None;
+    let mut latest = Latest {
+        info: None,
+        at: Instant::now(),
+    };
     loop {
-        tokio::select! {
-            response = updates.next() => {
-                let info = match response {
-                    Ok(Response::Update(Update::Job(info))) => info,
-                    Ok(Response::Lagged { .. } | Response::Update(_)) => continue,
-                    Ok(other) => return unexpected(other),
+        let turn = tokio::select! {
+            response = sub.updates.next() => match response {
+                Ok(Response::Update(Update::Job(info))) => Turn::Seen { info: Box::new(info), report: false },
+                Ok(Response::Lagged { .. } | Response::Update(_)) => Turn::Nothing,
+                Ok(other) => return unexpected(other),
+                Err(e) => match sub.reconnect(socket, Some(id), e, interrupt).await {
+                    Ok(true) => Turn::Nothing,
+                    Ok(false) => return Err(interrupted(id)),
                     Err(e) => return Err(lost(id, e)),
-                };
+                },
+            },
+            polled = poller.answer(), if poller.asked => match polled {
+                Some(info) => Turn::Seen { info: Box::new(info), report: true },
+                None => Turn::Report,
+            },
+            _ = ticks.tick() => match latest.info {
+                Some(_) if latest.fresh(follow.every) => Turn::Report,
+                // Stale: the report waits for the poll's answer.
+                Some(_) => {
+                    poller.ask();
+                    Turn::Nothing
+                }
+                None => Turn::Nothing,
+            },
+            _ = expired(deadline) => return Err(gave_up(id, follow.timeout.unwrap_or_default())),
+            _ = interrupt.recv() => return Err(interrupted(id)),
+        };
+        let report_now = match turn {
+            Turn::Seen {
+                info,
+                report: polled,
+            } => {
                 if let Some(exit) = job_exit(&info.state) {
                     report(&info, true);
                     return ended(id, &info, exit);
                 }
-                if latest.is_none() {
+                let first = latest.info.is_none();
+                latest.offer(*info);
+                if first {
                     // The first report at once; the schedule counts from it.
-                    report(&info, false);
                     ticks.reset();
                 }
-                latest = Some(info);
+                first || polled
             }
-            _ = ticks.tick() => {
-                if let Some(info) = &latest {
-                    report(info, false);
-                }
-            }
-            _ = expired(deadline) => {
-                return Err(gave_up(id, follow.timeout.unwrap_or_default()));
-            }
-            _ = interrupt.recv() => return Err(interrupted(id)),
+            Turn::Report => true,
+            Turn::Nothing => false,
+        };
+        if let (true, Some(info)) = (report_now, &latest.info) {
+            report(info, false);
         }
     }
 }
@@ -239,29 +467,57 @@ fn lost(id: JobId, e: ClientError) -> Failure {
 
 /// `watch` without an id: every job's and group's updates until Ctrl-C, the timeout, or the
 /// daemon goes away.
-pub async fn watch_all(socket: &Path, follow: Follow, quiet: bool) -> Result<Exit, Failure> {
+pub async fn watch_all(
+    socket: &Path,
+    follow: Follow,
+    quiet: bool,
+    interrupt: &mut Interrupt,
+) -> Result<Exit, Failure> {
     let display = Display::choose(follow.json, quiet);
     // Every way out of the loop is a return that drops the bars, which clears them before
     // the error's message is printed.
     let mut bars = display.bars();
-    let mut updates = Client::connect(socket).await?.watch(None).await?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::new(Exit::Refused, format!("cannot catch Ctrl-C: {e}")))?;
+    let stopped = || {
+        Failure::new(
+            Exit::Interrupted,
+            "stopped watching (interrupted); every job continues in the daemon",
+        )
+    };
+    let Some(mut sub) = Subscription::open(socket, None, interrupt).await? else {
+        return Err(stopped());
+    };
     // A timeout too long for the clock is no timeout at all.
     let deadline = follow.timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let response = tokio::select! {
-            response = updates.next() => response.map_err(Failure::from)?,
+            response = sub.updates.next() => match response {
+                Ok(response) => response,
+                Err(e) => match sub.reconnect(socket, None, e, interrupt).await {
+                    Ok(true) => continue,
+                    Ok(false) => return Err(stopped()),
+                    Err(e) => return Err(lost_all(e)),
+                },
+            },
             _ = expired(deadline) => {
                 let after = render::duration(follow.timeout.unwrap_or_default());
                 return Err(Failure::new(Exit::Timeout, format!("stopped watching after {after}; every job continues in the daemon")));
             }
-            _ = interrupt.recv() => {
-                return Err(Failure::new(Exit::Interrupted, "stopped watching (interrupted); every job continues in the daemon"));
-            }
+            _ = interrupt.recv() => return Err(stopped()),
         };
         show_update(display, &mut bars, response)?;
     }
+}
+
+/// [`lost`] for `watch` without an id.
+fn lost_all(e: ClientError) -> Failure {
+    let mut failure = Failure::from(e);
+    if failure.exit == Exit::Unreachable {
+        failure.message = format!(
+            "{} (is arsnetd stopping?); every job is saved and continues when arsnetd runs again: `arsnetctl list` then tells how they stand, `arsnetctl watch` follows them again",
+            failure.message
+        );
+    }
+    failure
 }
 
 /// Shows one update of `watch` (without an id) in the chosen form.
@@ -280,12 +536,12 @@ fn show_update(
                 serde_json::json!({ "groups": json::groups(&groups) }),
             ),
             Display::Quiet => {}
-            _ => out::text(&render::groups_table(&groups)),
+            _ => plain(&render::groups_table(&groups)),
         },
         (Response::Lagged { skipped }, None) => match display {
             Display::Json => event("lagged", serde_json::json!({ "skipped": skipped })),
             Display::Quiet => {}
-            _ => out::line(&lagged(skipped)),
+            _ => plain(&lagged(skipped)),
         },
         (other, _) => return unexpected(other),
     }

@@ -25,14 +25,18 @@ pub async fn status(socket: &Path, json: bool, id: JobId) -> Result<Exit, Failur
 
 pub async fn watch(socket: &Path, json: bool, args: WatchArgs) -> Result<Exit, Failure> {
     follow::check_quiet(json, args.quiet)?;
+    // Before anything is asked of the daemon: a Ctrl-C while it answers still gets the hint.
+    let mut interrupt = follow::Interrupt::catch()?;
     let follow = Follow {
         json,
         every: std::time::Duration::from_secs(args.interval),
         timeout: args.timeout,
     };
     match args.id {
-        Some(id) => follow::wait_for_job(socket, id, follow, args.quiet, false).await,
-        None => follow::watch_all(socket, follow, args.quiet).await,
+        Some(id) => {
+            follow::wait_for_job(socket, id, follow, args.quiet, false, &mut interrupt).await
+        }
+        None => follow::watch_all(socket, follow, args.quiet, &mut interrupt).await,
     }
 }
 

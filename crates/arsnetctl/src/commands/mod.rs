@@ -41,21 +41,11 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Metrics => metrics(socket, json).await,
         Command::Shutdown => simple(Request::Shutdown).await,
         // Their output is a roff page or a shell script: no JSON of it could be of use.
-        Command::Man | Command::Completions { .. } if json => Err(Failure::new(
+        Command::Man { .. } | Command::Completions { .. } if json => Err(Failure::new(
             Exit::Usage,
             "`man` and `completions` print a manual page or a script, never JSON: run them without --json",
         )),
-        Command::Man => {
-            use clap::CommandFactory;
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut page)
-                .map_err(|e| {
-                    Failure::new(Exit::Refused, format!("cannot render the manual: {e}"))
-                })?;
-            out::bytes(&page);
-            Ok(Exit::Ok)
-        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -65,6 +55,40 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `man`: the top page on stdout, or with `dir` every command's page written there.
+fn man(dir: Option<&Path>) -> Result<Exit, Failure> {
+    use clap::CommandFactory;
+    let Some(dir) = dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .map_err(|e| Failure::new(Exit::Refused, format!("cannot render the manual: {e}")))?;
+        out::bytes(&page);
+        return Ok(Exit::Ok);
+    };
+    let fail = |e: std::io::Error| {
+        Failure::new(
+            Exit::Refused,
+            format!("cannot write the manual pages into {}: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(fail)?;
+    // The pages clap_mangen names so (the commands have no subcommands of their own).
+    let command = Cli::command();
+    let mut names = vec!["arsnetctl.1".to_string()];
+    names.extend(
+        command
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| format!("arsnetctl-{}.1", c.get_name())),
+    );
+    for name in names {
+        out::line(&dir.join(name).display().to_string());
+    }
+    Ok(Exit::Ok)
 }
 
 async fn servers(socket: &Path, json: bool) -> Result<Exit, Failure> {
