@@ -50,6 +50,10 @@ pub struct Figures {
     pub bytes_done: u64,
     pub adopted_segments: u64,
     pub elapsed_ms: u64,
+    /// What the run fetched itself (not adopted): its average rate is of these. Absent in
+    /// records from before it was kept, which count `bytes_done` instead.
+    #[serde(default)]
+    pub fetched_bytes: Option<u64>,
 }
 
 /// One server group as persisted.

@@ -58,7 +58,9 @@ struct Job {
     manifest: Option<Arc<Manifest>>,
     writer: Option<mpsc::Sender<WriteMsg>>,
     reports: Option<mpsc::UnboundedReceiver<WriteReport>>,
+    /// Segments adopted from the journal, and their bytes.
     adopted: u64,
+    adopted_bytes: u64,
     /// The tag carried by the partial files this job holds (its own, or an orphan's it
     /// adopted), once it holds any.
     owner_tag: Option<JobTag>,
@@ -188,6 +190,7 @@ impl Job {
             writer: None,
             reports: None,
             adopted: 0,
+            adopted_bytes: 0,
             owner_tag: None,
             bytes_done: 0,
             durable: 0,
@@ -254,6 +257,7 @@ impl Job {
             .iter()
             .map(|&s| u64::from(manifest.segment_range(s).1))
             .sum();
+        self.adopted_bytes = self.bytes_done;
     }
 
     /// Records the accepted manifest and shares it with connections (one digest table).
@@ -892,6 +896,7 @@ impl Job {
             segments_done: self.sched.segments_done(),
             bytes_done: self.bytes_done,
             adopted_segments: self.adopted,
+            fetched_bytes: self.bytes_done.saturating_sub(self.adopted_bytes),
             rate_bps: sources.iter().map(|s| s.rate_bps).sum(),
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             sources,

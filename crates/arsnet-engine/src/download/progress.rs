@@ -37,6 +37,10 @@ pub struct Progress {
     pub segments_done: u64,
     pub bytes_done: u64,
     pub adopted_segments: u64,
+    /// What this run fetched and kept: `bytes_done` less what it adopted from the journal
+    /// (a finished run's average rate is of these bytes over `elapsed_ms`, not of bytes an
+    /// earlier run fetched).
+    pub fetched_bytes: u64,
     pub rate_bps: u64,
     pub elapsed_ms: u64,
     pub sources: Vec<SourceInfo>,

@@ -336,6 +336,40 @@ fn what_a_finished_job_reached_survives_a_restart() {
     );
 }
 
+/// A job paused halfway and resumed: its last run adopted the segments the first one
+/// fetched. Its average rate is of what that run fetched over how long it ran — never the
+/// adopted half counted as if fetched in the second run's time — and survives a restart.
+#[test]
+fn a_resumed_jobs_average_rate_is_of_what_its_last_run_fetched() {
+    let size = 8 << 20;
+    let mut s = slow_setup(size, 1 << 20);
+    let job = fetch(&s.client, &s.out, &s.ports, &[]);
+    s.client.wait_job(job, LONG, |st| progress(st) >= 0.5);
+    let id = job.to_string();
+    s.client.ok(&["pause", &id]);
+    s.client.ok(&["resume", &id]);
+    let done = s
+        .client
+        .wait_job(job, LONG, |st| st["state"] == "completed");
+    assert_same(&s.out.join("slow.bin"), &s.data);
+    let n = |field: &str| done[field].as_u64().unwrap();
+    assert!(n("adopted_segments") > 0, "{done}");
+    let adopted_bytes = n("adopted_segments") * (size as u64 / n("segments_total"));
+    let fetched = size as u64 - adopted_bytes;
+    // rate × time is what the run moved (1 ms of rounding per byte per second aside).
+    let moved = n("rate_bps") * n("elapsed_ms") / 1000;
+    assert!(n("rate_bps") > 0, "{done}");
+    assert!(
+        moved <= fetched + n("rate_bps") / 1000 + 1,
+        "rate {} B/s over {} ms is {moved} B, but the run fetched {fetched} B: {done}",
+        n("rate_bps"),
+        n("elapsed_ms")
+    );
+    s.client.restart();
+    let after = s.client.status(job);
+    assert_eq!(after["rate_bps"], done["rate_bps"], "{after}");
+}
+
 #[test]
 fn human_sized_rates_and_a_progress_report_on_a_fixed_schedule() {
     let tmp = tempfile::tempdir().unwrap();

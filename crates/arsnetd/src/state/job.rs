@@ -68,6 +68,7 @@ impl JobEntry {
             segments_done: figures.segments_done,
             bytes_done: figures.bytes_done,
             adopted_segments: figures.adopted_segments,
+            fetched_bytes: figures.fetched_bytes.unwrap_or(figures.bytes_done),
             elapsed_ms: figures.elapsed_ms,
             ..Progress::default()
         };
@@ -111,6 +112,7 @@ impl JobEntry {
             bytes_done: p.bytes_done,
             adopted_segments: p.adopted_segments,
             elapsed_ms: p.elapsed_ms,
+            fetched_bytes: Some(p.fetched_bytes),
         }
     }
 
@@ -153,10 +155,11 @@ impl JobEntry {
             segments_done: p.segments_done,
             bytes_done: p.bytes_done,
             adopted_segments: p.adopted_segments,
-            // While it runs, the rate now; after, the average of its last run.
+            // While it runs, the rate now; after, the average of its last run: what that run
+            // fetched (not what it adopted from an earlier one) over how long it ran.
             rate_bps: match &self.live {
                 Some(_) => p.rate_bps,
-                None => average_rate(p.bytes_done, p.elapsed_ms),
+                None => average_rate(p.fetched_bytes, p.elapsed_ms),
             },
             elapsed_ms: p.elapsed_ms,
             // A source's live state means nothing once the job stopped.
