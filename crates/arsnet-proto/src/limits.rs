@@ -69,6 +69,9 @@ pub const MIN_SERVE_PORT: u16 = 1024;
 /// Longest status/metric interval (`-i`, `status_interval_secs`, `metric_interval_secs`):
 /// one day. The shortest is one second.
 pub const MAX_INTERVAL_SECS: u64 = 86_400;
+/// The allowed status/metric intervals in seconds: the one range `-i` (the CLI's parser),
+/// requests and the config file are checked against.
+pub const INTERVAL_SECS: core::ops::RangeInclusive<u64> = 1..=MAX_INTERVAL_SECS;
 
 // ---------------------------------------------------------------------------------------
 // Server connection limits. A virtual server has a bounded number of connection slots;

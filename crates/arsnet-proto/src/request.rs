@@ -75,7 +75,7 @@ pub fn check_ports(count: u32, ports: &[u16]) -> Result<(), RequestError> {
 
 /// Checks a status or metric interval in seconds.
 pub fn check_interval(secs: u64) -> Result<(), RequestError> {
-    if (1..=MAX_INTERVAL_SECS).contains(&secs) {
+    if crate::limits::INTERVAL_SECS.contains(&secs) {
         Ok(())
     } else {
         Err(RequestError::Interval)
@@ -85,7 +85,8 @@ pub fn check_interval(secs: u64) -> Result<(), RequestError> {
 /// An interval for timers: lifted into the allowed range, so that a value read from an
 /// older state file can never make timer arithmetic overflow.
 pub fn interval(secs: u64) -> core::time::Duration {
-    core::time::Duration::from_secs(secs.clamp(1, MAX_INTERVAL_SECS))
+    let allowed = crate::limits::INTERVAL_SECS;
+    core::time::Duration::from_secs(secs.clamp(*allowed.start(), *allowed.end()))
 }
 
 impl ServeSpec {

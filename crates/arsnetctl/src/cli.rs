@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use arsnet_proto::limits::MAX_INTERVAL_SECS;
+use arsnet_proto::limits::INTERVAL_SECS;
 use clap::{Parser, Subcommand};
 
 /// arsnetctl — control the ArsNet daemon: serve a file on virtual servers, download a file
@@ -150,7 +150,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Seconds between server status reports in the daemon log (1..=86400).
-    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(INTERVAL_SECS))]
     pub interval: u64,
     /// Number of virtual servers (must equal the number of ports).
     #[arg(short = 'n', value_name = "N")]
@@ -183,7 +183,7 @@ pub struct FetchArgs {
     #[arg(short = 'r')]
     pub resume: bool,
     /// Seconds between metric reports (1..=86400).
-    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(INTERVAL_SECS))]
     pub interval: u64,
     /// Output directory (created if missing).
     #[arg(short = 'o', value_name = "DIR")]
@@ -253,7 +253,7 @@ pub struct WatchArgs {
     pub id: Option<u64>,
     /// Seconds between progress reports of the followed job (1..=86400), whatever `-i` the
     /// job was fetched with (figures the daemon pushed longer ago are asked for afresh).
-    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_SECS))]
+    #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(INTERVAL_SECS))]
     pub interval: u64,
     /// Stop watching after this long (90s, 5m, 2h; exit code 7). The job continues.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
