@@ -22,8 +22,9 @@ pub enum NameError {
     #[error("file name {0:?} ends in a suffix ArsNet reserves for partial downloads")]
     Reserved(String),
     #[error(
-        "file name {0:?} is {len} bytes: with the partial files' suffix it would exceed the \
-         {MAX_NAME_LEN}-byte limit of file names",
+        "file name {0:?} is {len} bytes: with the partial files' suffixes it would exceed the \
+         {MAX_NAME_LEN}-byte limit of file names (at most {most} bytes)",
+        most = MAX_NAME_LEN - LONGEST_DERIVED_SUFFIX,
         len = .0.len()
     )]
     TooLongForSuffix(String),
@@ -35,6 +36,12 @@ pub const DUMP_SUFFIX: &str = ".arsnet-dump";
 pub const JOURNAL_SUFFIX: &str = ".arsnet-segments";
 /// Inserted into the name of a journal that could not be trusted and was kept aside.
 pub const UNTRUSTED_MARK: &str = ".arsnet-untrusted";
+
+/// The longest suffix ArsNet adds to a download's name: a journal kept aside,
+/// `NAME.arsnet-segments.arsnet-untrusted-SECS` (SECS: up to 20 digits). Every name derived
+/// from a download's name must fit the file system's limit, or a partial download could end
+/// up stuck (a journal that cannot be set aside can never be replaced).
+pub const LONGEST_DERIVED_SUFFIX: usize = JOURNAL_SUFFIX.len() + UNTRUSTED_MARK.len() + 1 + 20;
 
 /// True when `name` ends in (or contains the kept-aside mark of) an ArsNet-reserved suffix.
 /// ASCII case is ignored, since the directory may be on a case-insensitive file system.
@@ -52,7 +59,7 @@ pub fn is_reserved_name(name: &str) -> bool {
 /// name before anything is created.
 pub fn validate_download_name(raw: &[u8]) -> Result<&str, NameError> {
     let name = validate_file_name(raw)?;
-    if name.len() + JOURNAL_SUFFIX.len().max(DUMP_SUFFIX.len()) > MAX_NAME_LEN {
+    if name.len() + LONGEST_DERIVED_SUFFIX > MAX_NAME_LEN {
         return Err(NameError::TooLongForSuffix(name.to_owned()));
     }
     if is_reserved_name(name) {

@@ -86,9 +86,23 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let priority = syslog_priority(event.metadata().level());
+        writer.write_str(&prioritised(&line, priority))
     }
+}
+
+/// `text` with `<priority>` in front of every line. journald reads a `<N>` at the start of
+/// any line as that entry's priority: a newline inside a logged value (a directory name a
+/// local user chose, say) must not start an entry whose priority that user wrote.
+fn prioritised(text: &str, priority: u8) -> String {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in body.split('\n') {
+        out.push_str(&format!("<{priority}>{line}\n"));
+    }
+    out
 }
 
 /// Installs the log for the whole process.
@@ -124,5 +138,20 @@ impl Logging {
             Some(handle) => handle.reload(filter_for(config)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prioritised;
+
+    #[test]
+    fn every_line_of_an_event_carries_its_priority_so_none_can_be_forged() {
+        let forged = "arsnetd: dir=/d/x\n<0>arsnetd: DISK FAILING\nmore\n";
+        assert_eq!(
+            prioritised(forged, 6),
+            "<6>arsnetd: dir=/d/x\n<6><0>arsnetd: DISK FAILING\n<6>more\n"
+        );
+        assert_eq!(prioritised("one line\n", 4), "<4>one line\n");
     }
 }

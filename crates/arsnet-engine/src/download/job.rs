@@ -540,6 +540,13 @@ impl Job {
             self.sched.on_follower_ready(now, conn);
             return;
         };
+        // A truncated or half-synced mirror answers like an empty file (200, no body): with
+        // a pin that is not the empty file's, that answer is wrong, never a vote.
+        if file.size == 0 && self.spec.pin.is_some_and(|pin| !pins_the_empty_file(pin)) {
+            let reason = "answers as if the file were empty, which the pin rules out".to_string();
+            self.sched.on_refused(now, conn, reason);
+            return;
+        }
         let name = self.spec.mirror_file_name();
         let unproven = name
             .ok_or_else(|| "the mirror URL names no file to save under".to_string())
@@ -978,5 +985,15 @@ async fn recv_report(
     match reports {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether `pin` names the empty file (so that a mirror saying the file is empty may be
+/// right).
+fn pins_the_empty_file(pin: Pin) -> bool {
+    use sha2::Digest as _;
+    match pin {
+        Pin::Blake3(d) => d == *blake3::hash(b"").as_bytes(),
+        Pin::Sha256(d) => d[..] == sha2::Sha256::digest(b"")[..],
     }
 }

@@ -223,7 +223,7 @@ fn a_mirror_name_arsnet_reserves_is_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let client = Daemon::start(&tmp.path().join("cli"));
     let out = tmp.path().join("out");
-    let long = format!("http://127.0.0.1:9/{}", "n".repeat(250));
+    let long = format!("http://127.0.0.1:9/{}", "n".repeat(202));
     for (url, why) in [
         ("http://127.0.0.1:9/x.img.arsnet-dump", "reserves"),
         ("http://127.0.0.1:9/x.img.Arsnet-Segments", "reserves"),
@@ -264,6 +264,28 @@ fn an_empty_file_on_mirrors_alone_is_published_empty() {
         let got = std::fs::read(out.join("empty.bin")).unwrap();
         assert!(got.is_empty(), "{flags:?}: {} bytes", got.len());
     }
+}
+
+/// A mirror answering like an empty file (200, no body: truncated, or half synced) beside
+/// a good one: with a pin that is not the empty file's, it is refused and the job completes.
+#[test]
+fn a_mirror_answering_empty_is_refused_when_the_pin_says_otherwise() {
+    let s = setup();
+    let sha256 = sha256_hex(&s.file);
+    let n = Nginx::start(
+        &s.mirror_root,
+        "location = /trunc/f.bin { return 200 \"\"; }",
+    );
+    let client = Daemon::start(&s.tmp.path().join("cli"));
+    let out = s.tmp.path().join("out");
+    let sources = [n.url("trunc/f.bin"), n.url("f.bin")];
+    let run = fetch_wait(&client, &out, &sources, &["--sha256", &sha256]);
+    assert!(run.status.success(), "{run:?}");
+    assert_same(&out.join("f.bin"), &s.data);
+    let status = client.status(1);
+    let bad = crate::http_mirrors::source(&status, &n.url("trunc/f.bin"));
+    let detail = bad["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("as if the file were empty"), "{status}");
 }
 
 /// A checksum server that answers each request after a second with 404, counting how many

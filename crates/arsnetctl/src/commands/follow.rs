@@ -173,30 +173,42 @@ struct Subscription {
     reconnected: bool,
 }
 
+/// What cut a wait for the daemon short.
+enum Cut {
+    /// Ctrl-C.
+    Interrupted,
+    /// The follow's `--timeout` ran out (it bounds subscribing and reconnecting too).
+    Expired,
+}
+
 impl Subscription {
     async fn open(
         socket: &Path,
         id: Option<JobId>,
         interrupt: &mut Interrupt,
-    ) -> Result<Option<Subscription>, Failure> {
+        deadline: Option<Instant>,
+    ) -> Result<Result<Subscription, Cut>, Failure> {
         tokio::select! {
-            subscribed = subscribe(socket, id) => Ok(Some(Subscription {
+            subscribed = subscribe(socket, id) => Ok(Ok(Subscription {
                 updates: subscribed?,
                 reconnected: false,
             })),
-            _ = interrupt.recv() => Ok(None),
+            _ = interrupt.recv() => Ok(Err(Cut::Interrupted)),
+            _ = expired(deadline) => Ok(Err(Cut::Expired)),
         }
     }
 
-    /// After the connection was lost with `lost`: subscribes again, or gives `lost` back.
-    /// `Ok(false)`: Ctrl-C came meanwhile.
+    /// After the connection was lost with `lost`: subscribes again, or gives back why not —
+    /// `lost` when the daemon cannot be reached, the restarted daemon's own refusal (say,
+    /// no such job any more) when it answered one.
     async fn reconnect(
         &mut self,
         socket: &Path,
         id: Option<JobId>,
         lost: ClientError,
         interrupt: &mut Interrupt,
-    ) -> Result<bool, ClientError> {
+        deadline: Option<Instant>,
+    ) -> Result<Result<(), Cut>, ClientError> {
         if self.reconnected {
             return Err(lost);
         }
@@ -205,11 +217,13 @@ impl Subscription {
             again = subscribe(socket, id) => match again {
                 Ok(updates) => {
                     self.updates = updates;
-                    Ok(true)
+                    Ok(Ok(()))
                 }
+                Err(refused @ ClientError::Daemon(_)) => Err(refused),
                 Err(_) => Err(lost),
             },
-            _ = interrupt.recv() => Ok(false),
+            _ = interrupt.recv() => Ok(Err(Cut::Interrupted)),
+            _ = expired(deadline) => Ok(Err(Cut::Expired)),
         }
     }
 }
@@ -292,6 +306,13 @@ struct Latest {
 }
 
 impl Latest {
+    fn empty() -> Latest {
+        Latest {
+            info: None,
+            at: Instant::now(),
+        }
+    }
+
     /// Keeps `info` unless what is held is newer (a poll answered after a later push).
     fn offer(&mut self, info: JobInfo) {
         let newer = self
@@ -342,27 +363,33 @@ pub async fn follow_job_catching(
     follow: Follow,
     interrupt: &mut Interrupt,
 ) -> Result<Exit, Failure> {
-    let Some(mut sub) = Subscription::open(socket, Some(id), interrupt).await? else {
-        return Err(interrupted(id));
+    // A timeout too long for the clock is no timeout at all.
+    let deadline = follow.timeout.and_then(|t| Instant::now().checked_add(t));
+    let timed_out = || gave_up(id, follow.timeout.unwrap_or_default());
+    let mut sub = match Subscription::open(socket, Some(id), interrupt, deadline).await? {
+        Ok(sub) => sub,
+        Err(Cut::Interrupted) => return Err(interrupted(id)),
+        Err(Cut::Expired) => return Err(timed_out()),
     };
     let mut poller = Poller::start(socket, id);
     let mut ticks = tokio::time::interval(follow.every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // A timeout too long for the clock is no timeout at all.
-    let deadline = follow.timeout.and_then(|t| Instant::now().checked_add(t));
-    let mut latest = Latest {
-        info: None,
-        at: Instant::now(),
-    };
+    let mut latest = Latest::empty();
     loop {
         let turn = tokio::select! {
             response = sub.updates.next() => match response {
                 Ok(Response::Update(Update::Job(info))) => Turn::Seen { info: Box::new(info), report: false },
                 Ok(Response::Lagged { .. } | Response::Update(_)) => Turn::Nothing,
                 Ok(other) => return unexpected(other),
-                Err(e) => match sub.reconnect(socket, Some(id), e, interrupt).await {
-                    Ok(true) => Turn::Nothing,
-                    Ok(false) => return Err(interrupted(id)),
+                Err(e) => match sub.reconnect(socket, Some(id), e, interrupt, deadline).await {
+                    Ok(Ok(())) => {
+                        // A restarted daemon's run counts its time from zero again: what
+                        // was held is of the run before, never newer than what comes now.
+                        latest.info = None;
+                        Turn::Nothing
+                    }
+                    Ok(Err(Cut::Interrupted)) => return Err(interrupted(id)),
+                    Ok(Err(Cut::Expired)) => return Err(timed_out()),
                     Err(e) => return Err(lost(id, e)),
                 },
             },
@@ -379,7 +406,7 @@ pub async fn follow_job_catching(
                 }
                 None => Turn::Nothing,
             },
-            _ = expired(deadline) => return Err(gave_up(id, follow.timeout.unwrap_or_default())),
+            _ = expired(deadline) => return Err(timed_out()),
             _ = interrupt.recv() => return Err(interrupted(id)),
         };
         let report_now = match turn {
@@ -483,25 +510,32 @@ pub async fn watch_all(
             "stopped watching (interrupted); every job continues in the daemon",
         )
     };
-    let Some(mut sub) = Subscription::open(socket, None, interrupt).await? else {
-        return Err(stopped());
+    let timed_out = || {
+        let after = render::duration(follow.timeout.unwrap_or_default());
+        Failure::new(
+            Exit::Timeout,
+            format!("stopped watching after {after}; every job continues in the daemon"),
+        )
     };
     // A timeout too long for the clock is no timeout at all.
     let deadline = follow.timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut sub = match Subscription::open(socket, None, interrupt, deadline).await? {
+        Ok(sub) => sub,
+        Err(Cut::Interrupted) => return Err(stopped()),
+        Err(Cut::Expired) => return Err(timed_out()),
+    };
     loop {
         let response = tokio::select! {
             response = sub.updates.next() => match response {
                 Ok(response) => response,
-                Err(e) => match sub.reconnect(socket, None, e, interrupt).await {
-                    Ok(true) => continue,
-                    Ok(false) => return Err(stopped()),
+                Err(e) => match sub.reconnect(socket, None, e, interrupt, deadline).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(Cut::Interrupted)) => return Err(stopped()),
+                    Ok(Err(Cut::Expired)) => return Err(timed_out()),
                     Err(e) => return Err(lost_all(e)),
                 },
             },
-            _ = expired(deadline) => {
-                let after = render::duration(follow.timeout.unwrap_or_default());
-                return Err(Failure::new(Exit::Timeout, format!("stopped watching after {after}; every job continues in the daemon")));
-            }
+            _ = expired(deadline) => return Err(timed_out()),
             _ = interrupt.recv() => return Err(stopped()),
         };
         show_update(display, &mut bars, response)?;

@@ -155,6 +155,9 @@ fn attach(
         && entry.content.is_none()
         && !entry.lifecycle.is_live();
     check_same_content(id, entry, spec.pin, takes_pin)?;
+    // What the job was, to put back if the change cannot be saved: a change answered with
+    // an error must not run either (a pin held only in memory is gone after a restart).
+    let before = (entry.lifecycle.clone(), entry.spec.clone());
     let restarted = entry.lifecycle.resume() == Ok(true);
     if !restarted && !takes_pin {
         // Queued or running already, and nothing to add: attaching changes nothing.
@@ -167,7 +170,13 @@ fn attach(
         }
         entry.spec.metric_interval_secs = spec.metric_interval_secs;
     }
-    Ok(daemon.persist(inner)?)
+    if let Err(e) = daemon.persist(inner) {
+        if let Some(entry) = inner.jobs.get_mut(&id) {
+            (entry.lifecycle, entry.spec) = before;
+        }
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// `fetch -r` may attach to a job only for the content that job is about: a pin that
