@@ -577,27 +577,6 @@ fn watch_id_ends_with_the_jobs_exit_code() {
     assert_eq!(status.code(), Some(5), "{status:?}");
 }
 
-/// A job as a fake daemon reports it.
-fn fake_job(id: u64, state: arsnet_proto::control::JobState) -> arsnet_proto::control::JobInfo {
-    arsnet_proto::control::JobInfo {
-        id,
-        state,
-        dir: "/tmp".into(),
-        name: Some("file.bin".into()),
-        size: Some(1 << 20),
-        segments_total: Some(16),
-        segments_done: 0,
-        bytes_done: 0,
-        adopted_segments: 0,
-        rate_bps: 0,
-        elapsed_ms: 1,
-        sources: vec![],
-        content: None,
-        verification: Default::default(),
-        owner_tag: None,
-    }
-}
-
 /// How a fake daemon answers a `watch`: these updates, then the connection is closed (or
 /// kept open without a word more).
 struct WatchScript {
@@ -671,13 +650,19 @@ fn fake_daemon(
     (socket, seen)
 }
 
-/// Runs `arsnetctl --socket SOCKET ARGS`, stderr piped, stdout to nowhere.
-fn spawn_ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
-    Command::new(bin("arsnetctl"))
-        .arg("--socket")
+/// `arsnetctl --socket SOCKET ARGS`, stdin closed: the fake-daemon tests' command.
+fn ctl_at(socket: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("arsnetctl"));
+    cmd.arg("--socket")
         .arg(socket)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `arsnetctl --socket SOCKET ARGS`, stderr piped, stdout to nowhere.
+fn spawn_ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    ctl_at(socket, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -793,11 +778,7 @@ fn a_lost_connection_is_subscribed_again_once_then_leaves_the_hint() {
 
 /// `arsnetctl --socket SOCKET ARGS` to its end (bounded by `LONG`).
 fn ctl_within_socket(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(bin("arsnetctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
+    let mut child = ctl_at(socket, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -162,21 +162,11 @@ fn dir_owned_by(parent: &Path, name: &str, uid: u32) -> PathBuf {
 
 fn completed_job() -> JobInfo {
     JobInfo {
-        id: 1,
-        state: JobState::Completed,
-        dir: PathBuf::from("/tmp"),
-        name: Some("file.bin".into()),
         size: Some(1),
         segments_total: Some(1),
         segments_done: 1,
         bytes_done: 1,
-        adopted_segments: 0,
-        rate_bps: 0,
-        elapsed_ms: 1,
-        sources: vec![],
-        content: None,
-        verification: Default::default(),
-        owner_tag: None,
+        ..fake_job(1, JobState::Completed)
     }
 }
 

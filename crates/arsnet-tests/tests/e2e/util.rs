@@ -573,3 +573,24 @@ pub fn slow_setup(size: usize, rate_per_server: u64) -> Slow {
         out,
     }
 }
+
+/// A job as a fake daemon reports it.
+pub fn fake_job(id: u64, state: arsnet_proto::control::JobState) -> arsnet_proto::control::JobInfo {
+    arsnet_proto::control::JobInfo {
+        id,
+        state,
+        dir: "/tmp".into(),
+        name: Some("file.bin".into()),
+        size: Some(1 << 20),
+        segments_total: Some(16),
+        segments_done: 0,
+        bytes_done: 0,
+        adopted_segments: 0,
+        rate_bps: 0,
+        elapsed_ms: 1,
+        sources: vec![],
+        content: None,
+        verification: Default::default(),
+        owner_tag: None,
+    }
+}

@@ -482,12 +482,14 @@ fn interrupted(id: JobId) -> Failure {
 /// The daemon went away (or broke the connection) while we followed a job: the job is saved
 /// with the daemon's state and continues when it runs again.
 fn lost(id: JobId, e: ClientError) -> Failure {
+    lost_with(e, &format!("job {id} is saved and continues when arsnetd runs again: `arsnetctl status {id}` then tells how it stands, `arsnetctl resume {id}` resumes it if it is paused, `arsnetctl cancel {id}` stops it"))
+}
+
+/// A follow's error `e`; when the daemon went away, with `after`: what became of the jobs.
+fn lost_with(e: ClientError, after: &str) -> Failure {
     let mut failure = Failure::from(e);
     if failure.exit == Exit::Unreachable {
-        failure.message = format!(
-            "{} (is arsnetd stopping?); job {id} is saved and continues when arsnetd runs again: `arsnetctl status {id}` then tells how it stands, `arsnetctl resume {id}` resumes it if it is paused, `arsnetctl cancel {id}` stops it",
-            failure.message
-        );
+        failure.message = format!("{} (is arsnetd stopping?); {after}", failure.message);
     }
     failure
 }
@@ -544,14 +546,7 @@ pub async fn watch_all(
 
 /// [`lost`] for `watch` without an id.
 fn lost_all(e: ClientError) -> Failure {
-    let mut failure = Failure::from(e);
-    if failure.exit == Exit::Unreachable {
-        failure.message = format!(
-            "{} (is arsnetd stopping?); every job is saved and continues when arsnetd runs again: `arsnetctl list` then tells how they stand, `arsnetctl watch` follows them again",
-            failure.message
-        );
-    }
-    failure
+    lost_with(e, "every job is saved and continues when arsnetd runs again: `arsnetctl list` then tells how they stand, `arsnetctl watch` follows them again")
 }
 
 /// Shows one update of `watch` (without an id) in the chosen form.
