@@ -13,7 +13,8 @@
 # "Half-way" = half the ideal healthy time (FULL / 2) after the start, as netns.sh's KILL=1.
 # Environment: ARSNET_BIN (prebuilt binaries, see lib.sh), BENCH_DIR, BAD_MIRROR,
 # CONNS (ArsNet --connections-per-source), CAP (seconds before a run is given up, default 300),
-# ARIA2_PIN=1 (give aria2 --checksum in every scenario, not only "bad").
+# ARIA2_PIN=1 (give aria2 --checksum in every scenario, not only "bad"), CONFIG (an arsnetd
+# config file for the client daemon, to try its [download] options).
 # All addresses are on veth links between namespaces this script creates and removes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -133,7 +134,8 @@ end_event() { # SCENARIO: wait for the event, then restore the healthy state
 }
 
 # --- runs -------------------------------------------------------------------------------------
-ip netns exec "$NS-c" "$BIN/arsnetd" --socket "$WORK/c.sock" --state-dir "$WORK/c-state" 2>"$WORK/c.log" &
+ip netns exec "$NS-c" "$BIN/arsnetd" --socket "$WORK/c.sock" --state-dir "$WORK/c-state" \
+    ${CONFIG:+--config "$CONFIG"} 2>"$WORK/c.log" &
 for _ in $(seq 50); do [ -S "$WORK/c.sock" ] && break; sleep 0.1; done
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
