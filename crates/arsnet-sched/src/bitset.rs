@@ -35,6 +35,20 @@ impl Bitset {
         was_clear
     }
 
+    /// Clears bit `index`; returns whether it was set before.
+    pub(crate) fn clear(&mut self, index: u64) -> bool {
+        let slot = usize::try_from(index / 64)
+            .ok()
+            .and_then(|word| self.words.get_mut(word));
+        let Some(slot) = slot else {
+            return false;
+        };
+        let mask = 1 << (index % 64);
+        let was_set = *slot & mask != 0;
+        *slot &= !mask;
+        was_set
+    }
+
     /// The first clear bit at or after `from`. Full words are skipped whole, so a scan over a
     /// long run of set bits costs one step per 64 of them.
     pub(crate) fn next_clear(&self, from: u64) -> u64 {

@@ -429,6 +429,25 @@ impl Scheduler {
         self.settle(now);
     }
 
+    /// The driver found these Done segments bad (their source was convicted of lying while
+    /// the job ran): they are Missing again and go to the connections still running, which
+    /// keep their warm TCP windows. `false` once the job has completed (the driver then
+    /// starts a run for them, see [`Scheduler::with_layout`]) or before a layout exists.
+    pub fn redo(&mut self, now: Duration, segments: &[u64]) -> bool {
+        if self.complete {
+            return false;
+        }
+        let Some(job) = self.job.as_mut() else {
+            return false;
+        };
+        for &segment in segments {
+            job.segments.undo(segment);
+        }
+        self.dispatch_pending = true;
+        self.settle(now);
+        true
+    }
+
     /// `bytes` arrived on `conn` (handshake frames or segment data): the connection is not
     /// silent. A report of zero bytes is no progress and changes nothing, so a driver that
     /// samples counters may report every connection on every wake-up.

@@ -224,6 +224,21 @@ impl SegmentTable {
         )
     }
 
+    /// Makes a Done `segment` Missing again (what was delivered turned out to be bad).
+    /// Returns whether it was Done.
+    pub(crate) fn undo(&mut self, segment: u64) -> bool {
+        if segment >= self.count || !self.done.clear(segment) {
+            return false;
+        }
+        self.done_count -= 1;
+        // Below the cursor a Missing segment must be in `returned`; at or above it (done by
+        // a resume, never handed out) the cursor finds it.
+        if segment < self.cursor {
+            self.returned.insert(segment);
+        }
+        true
+    }
+
     /// Number of connections fetching `segment` (tests and diagnostics).
     #[cfg(test)]
     pub(crate) fn holders(&self, segment: u64) -> usize {

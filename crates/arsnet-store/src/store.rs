@@ -262,6 +262,9 @@ impl<D: BlockFile, J: BlockFile> Store<D, J> {
         self.dump
             .write_all_at(data, offset)
             .map_err(|e| StoreError::io("writing", &self.dump_path, e))?;
+        // Only a hint (the commit's fdatasync is the barrier), so a refusal changes nothing:
+        // without it the commit merely waits longer.
+        let _ = self.dump.start_writeback(offset, u64::from(len));
         self.written.insert(segment);
         Ok(())
     }

@@ -10,6 +10,8 @@
 //! the same pass, cuts it into the segments' BLAKE3 digests, so that a mismatch can be
 //! traced to the segments, and the sources, that caused it (`repair`).
 
+use std::collections::BTreeSet;
+
 use arsnet_proto::control::Pin;
 use arsnet_proto::{Digest, Manifest};
 use arsnet_store::{DownloadStore, StoreError};
@@ -89,10 +91,13 @@ impl SegmentReader for DownloadStore {
     }
 }
 
-/// Segments read back per written segment at most, so that catching up after a late
-/// segment closes a long gap never holds the writer for long (the rest follows with the
-/// next writes, or at the finish).
-pub(crate) const CATCH_UP_PER_WRITE: u64 = 4;
+/// Bytes read back and hashed per written segment at most, so that catching up after a late
+/// segment closes a gap never holds the writer for long (the rest follows with the next
+/// writes, or at the finish). Hashing runs at GB/s and downloads at tens to hundreds of
+/// MB/s, so this closes a gap of tens of segments within a few writes: a smaller budget (it
+/// was 4 segments) left up to ~80 MiB to hash after the last byte arrived, ~0.1 s on a job
+/// of a few seconds. With a queue of written segments ahead of it, the writer holds ~20 ms.
+pub(crate) const CATCH_UP_BYTES_PER_WRITE: u64 = 32 << 20;
 
 /// The pin's hash of the segments `0..next`, advanced while the download runs.
 pub(crate) struct RunningCheck {
@@ -103,6 +108,11 @@ pub(crate) struct RunningCheck {
     /// Set when a segment already hashed is written again: the hash no longer describes the
     /// dump, and only the full [`check`] can say what it holds.
     spoiled: bool,
+    /// Segments [`CATCH_UP_BYTES_PER_WRITE`] holds (at least one).
+    per_write: u64,
+    /// Segments to be written again (their source was convicted of lying): what the dump
+    /// holds for them now is not the file, so the hash waits for their new bytes.
+    awaiting: BTreeSet<u64>,
     buf: Vec<u8>,
 }
 
@@ -114,6 +124,8 @@ impl RunningCheck {
             next: 0,
             count: manifest.segment_count(),
             spoiled: false,
+            per_write: (CATCH_UP_BYTES_PER_WRITE / u64::from(manifest.segment_size).max(1)).max(1),
+            awaiting: BTreeSet::new(),
             buf: Vec::new(),
         }
     }
@@ -123,14 +135,36 @@ impl RunningCheck {
         self.pin
     }
 
+    /// `segments` will be written again: their bytes in the dump now are not the file. A
+    /// hash that already took one in starts over (SHA-256 cannot take bytes back out); the
+    /// catch-up reads the dump back again while the download runs, so that a repair while
+    /// downloading does not end in a second pass over the whole file.
+    pub(crate) fn redo(&mut self, segments: &[u64]) {
+        if segments.iter().any(|&s| s < self.next) {
+            self.hasher = PinHasher::new(self.pin);
+            self.next = 0;
+        }
+        self.awaiting
+            .extend(segments.iter().copied().filter(|&s| s < self.count));
+    }
+
     /// `segment` was just written with `data`.
     pub(crate) fn on_written(&mut self, segment: u64, data: &[u8]) {
+        self.awaiting.remove(&segment);
         if segment < self.next {
             self.spoiled = true;
         } else if segment == self.next && !self.spoiled {
             self.hasher.update(data);
             self.next += 1;
         }
+    }
+
+    /// Hashes as many further segments as one write may (see [`CATCH_UP_BYTES_PER_WRITE`]).
+    pub(crate) fn catch_up_after_write(
+        &mut self,
+        dump: &impl SegmentReader,
+    ) -> Result<(), StoreError> {
+        self.catch_up(dump, self.per_write)
     }
 
     /// Hashes up to `budget` further segments that are already in the dump.
@@ -140,7 +174,7 @@ impl RunningCheck {
         mut budget: u64,
     ) -> Result<(), StoreError> {
         while budget > 0 && self.next < self.count && !self.spoiled {
-            if !dump.read_segment(self.next, &mut self.buf)? {
+            if self.awaiting.contains(&self.next) || !dump.read_segment(self.next, &mut self.buf)? {
                 return Ok(());
             }
             self.hasher.update(&self.buf);
@@ -150,11 +184,16 @@ impl RunningCheck {
         Ok(())
     }
 
+    /// Segments not hashed yet, and whether the hash was spoiled (for the log).
+    pub(crate) fn lag(&self) -> (u64, bool) {
+        (self.count - self.next, self.spoiled)
+    }
+
     /// Every segment is in: whether the file is, beyond doubt, the pinned content. `false`
     /// does not mean it is not (the hash may be spoiled): ask [`check`] then.
     pub(crate) fn matches(mut self, dump: &impl SegmentReader) -> Result<bool, StoreError> {
         self.catch_up(dump, u64::MAX)?;
-        if self.spoiled || self.next < self.count {
+        if self.spoiled || self.next < self.count || !self.awaiting.is_empty() {
             return Ok(false);
         }
         let (_, got, pinned) = self.hasher.finish();
@@ -304,6 +343,48 @@ mod tests {
         let order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3];
         assert!(!run(sha, &[], &order, 4));
         assert!(run(sha, &[], &order[..10], 4));
+    }
+
+    #[test]
+    fn segments_to_be_written_again_are_hashed_only_with_their_new_bytes() {
+        let (manifest, segments, data) = file();
+        let [sha, _] = pins(&data);
+        // Segments 0..6 arrive, 2 and 4 from a liar; the liar is found out after they were
+        // hashed, and the good bytes follow.
+        let mut dump = Segments(vec![None; segments.len()]);
+        let mut running = RunningCheck::new(sha, &manifest);
+        for (i, segment) in segments.iter().enumerate().take(6) {
+            let mut bytes = segment.clone();
+            if i == 2 || i == 4 {
+                bytes[7] ^= 0xff;
+            }
+            dump.0[i] = Some(bytes.clone());
+            running.on_written(i as u64, &bytes);
+            running.catch_up(&dump, 4).unwrap();
+        }
+        running.redo(&[2, 4]);
+        // The hash started over and stops before 2, whose dump bytes are still the lie.
+        running.catch_up(&dump, 100).unwrap();
+        assert_eq!(running.lag(), (8, false));
+        for i in [2, 4, 6, 7, 8, 9] {
+            dump.0[i] = Some(segments[i].clone());
+            running.on_written(i as u64, &segments[i]);
+            running.catch_up(&dump, 4).unwrap();
+        }
+        assert!(running.matches(&dump).unwrap());
+    }
+
+    #[test]
+    fn a_segment_to_be_written_again_that_never_is_is_no_match() {
+        let (manifest, segments, data) = file();
+        let [sha, _] = pins(&data);
+        let dump = Segments(segments.iter().cloned().map(Some).collect());
+        let mut running = RunningCheck::new(sha, &manifest);
+        running.catch_up(&dump, 3).unwrap();
+        // Segment 5 (not hashed yet, right bytes in the dump) is to be written again: until
+        // it is, the dump's bytes for it do not count.
+        running.redo(&[5]);
+        assert!(!running.matches(&dump).unwrap());
     }
 
     #[test]

@@ -78,6 +78,9 @@ struct Job {
     /// the segments of mirrors they convicted, fetched again before the file is finished.
     cross_check: CrossCheck,
     tainted: BTreeSet<u64>,
+    /// Segments made Missing again while the job runs, not yet told to the writer (it must
+    /// hear of them before any of them is written again: see `advance`).
+    redo_pending: Vec<u64>,
     /// Publishes the decided content's manifest to the connections (mirrors wait for it).
     accepted: watch::Sender<Option<Arc<Manifest>>>,
 }
@@ -203,6 +206,7 @@ impl Job {
             excluded: std::collections::BTreeMap::new(),
             cross_check: CrossCheck::new(cross_check_every),
             tainted: BTreeSet::new(),
+            redo_pending: Vec::new(),
         }
     }
 
@@ -356,6 +360,17 @@ impl Job {
     /// Carries out what the scheduler decided, creates the store once the content is
     /// decided, and acts on the job's phase.
     async fn advance(&mut self) -> Result<(), DownloadError> {
+        // Before the requests that fetch them again go out, so the writer hears of a redo
+        // before it can see any of those segments' new bytes.
+        if !self.redo_pending.is_empty() {
+            let segments = std::mem::take(&mut self.redo_pending);
+            if let Some(writer) = self.writer.as_ref() {
+                writer
+                    .send(WriteMsg::Redo(segments))
+                    .await
+                    .map_err(|_| DownloadError::WriterStopped)?;
+            }
+        }
         self.execute_actions();
         self.open_store_once_decided().await?;
         match self.sched.phase() {
@@ -743,6 +758,7 @@ impl Job {
         }
         let digest = digest_segment(manifest.size, manifest.segment_size, segment, data);
         let referees = self.referees(&manifest);
+        tracing::debug!(job = self.spec.id, server = %self.spec.sources[server], segment, "cross-check: sampling a delivered segment");
         self.cross_check.start(referees, server, segment, digest);
     }
 
@@ -750,6 +766,7 @@ impl Job {
     /// delivered is fetched again once the rest is in.
     fn on_cross_check(&mut self, finding: cross_check::Finding) {
         let sources = &self.spec.sources;
+        tracing::debug!(job = self.spec.id, server = %sources[finding.source], segment = finding.segment, ruling = ?finding.ruling, "cross-check: ruled");
         let Some((server, reason)) = cross_check::culprit(&finding, |i| sources[i].to_string())
         else {
             if !matches!(finding.ruling, repair::Ruling::Agreed) {
@@ -764,18 +781,56 @@ impl Job {
         let now = self.now();
         self.sched.exclude(now, server, reason.clone());
         self.excluded.insert(server, reason);
-        self.tainted.extend(
-            self.provenance
-                .iter()
-                .filter(|&(_, &s)| s == server)
-                .map(|(&segment, _)| segment),
-        );
+        let theirs: Vec<u64> = self
+            .provenance
+            .iter()
+            .filter(|&(_, &s)| s == server)
+            .map(|(&segment, _)| segment)
+            .collect();
+        // At once, on the connections that run (their TCP windows are open): waiting for
+        // the rest and then reconnecting left the other links idle twice over.
+        if self.sched.redo(now, &theirs) {
+            self.forget_delivered(&theirs);
+            self.redo_pending.extend(theirs);
+        } else {
+            self.tainted.extend(theirs);
+        }
     }
 
-    /// Who may be asked for a segment again: every source not excluded.
+    /// `segments` are to be fetched again: who delivered them, and their bytes, no longer
+    /// count.
+    fn forget_delivered(&mut self, segments: &[u64]) {
+        let Some(manifest) = self.manifest.clone() else {
+            return;
+        };
+        for segment in segments {
+            self.provenance.remove(segment);
+            self.bytes_done = self
+                .bytes_done
+                .saturating_sub(u64::from(manifest.segment_range(*segment).1));
+        }
+    }
+
+    /// Who may be asked for a segment again: every source not excluded, fastest first. In
+    /// a job's first second no rate is measured yet; then the bytes each source has sent so
+    /// far tell the fast links from the slow ones. That matters: a referee's request is a
+    /// new TCP connection, and on a slow link with a deep queue it leaves slow start only
+    /// after seconds, so a first sample asked of the slowest link first took 5 s to rule.
     fn referees(&self, manifest: &Arc<Manifest>) -> Referees {
+        let mut received = vec![0u64; self.spec.sources.len()];
+        for (server, meter) in self.meters.iter().enumerate() {
+            received[server] = meter.bytes_closed;
+        }
+        for handle in self.conns.values() {
+            if let Some(r) = received.get_mut(handle.server) {
+                *r += handle.counters.payload.load(Ordering::Relaxed);
+            }
+        }
         let mut order: Vec<usize> = (0..self.spec.sources.len()).collect();
-        order.sort_by_key(|&s| std::cmp::Reverse(self.meters.get(s).map_or(0, |m| m.rate.rate())));
+        order.sort_by_key(|&s| {
+            let rate = self.meters.get(s).map_or(0, |m| m.rate.rate());
+            std::cmp::Reverse((rate, received[s]))
+        });
         Referees {
             client: self.ctx.http.clone(),
             sources: self.spec.sources.clone().into(),
@@ -798,12 +853,8 @@ impl Job {
         for (&server, reason) in &self.excluded {
             self.sched.exclude(now, server, reason.clone());
         }
-        for segment in &again {
-            self.provenance.remove(segment);
-            self.bytes_done = self
-                .bytes_done
-                .saturating_sub(u64::from(manifest.segment_range(*segment).1));
-        }
+        let again: Vec<u64> = again.into_iter().collect();
+        self.forget_delivered(&again);
         self.finishing = false;
         self.activity = Activity::Transferring;
     }

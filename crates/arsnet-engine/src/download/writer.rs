@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::buffers::BufferPool;
-use super::end_check::{self, Mismatch, RunningCheck, SegmentReader, CATCH_UP_PER_WRITE};
+use super::end_check::{self, Mismatch, RunningCheck, SegmentReader};
 
 /// Messages queued to the writer at most: each may hold a segment buffer.
 pub(crate) const WRITER_QUEUE: usize = 8;
@@ -37,6 +37,9 @@ pub(crate) enum WriteMsg {
         segment: u64,
         data: Vec<u8>,
     },
+    /// These segments will be written again (their source lied): the end check's running
+    /// hash must wait for their new bytes.
+    Redo(Vec<u64>),
     /// Every segment is in: commit, check the whole file against the pin if asked (a
     /// mismatch is reported and publishes nothing), then publish the dump.
     Finish(Finish),
@@ -199,7 +202,7 @@ impl<S: Storage> Writer<S> {
                         s.write_segment(segment, &data)?;
                         if let Some(running) = running.as_mut() {
                             running.on_written(segment, &data);
-                            running.catch_up(s, CATCH_UP_PER_WRITE)?;
+                            running.catch_up_after_write(s)?;
                         }
                         Ok((data, running))
                     })
@@ -214,10 +217,19 @@ impl<S: Storage> Writer<S> {
                 }
                 Ok(true)
             }
+            WriteMsg::Redo(segments) => {
+                if let Some(running) = self.running.as_mut() {
+                    running.redo(&segments);
+                }
+                Ok(true)
+            }
             WriteMsg::Finish(finish) => {
                 self.commit().await?;
                 if let Some(pin) = finish.check {
                     let running = self.running.take().filter(|r| r.pin() == pin);
+                    if let Some((behind, spoiled)) = running.as_ref().map(RunningCheck::lag) {
+                        tracing::debug!(behind, spoiled, "end check: segments left to hash");
+                    }
                     let store = self.store.take().ok_or(WriteError::Gone)?;
                     let (store, checked) = on_pool(store, move |s| {
                         // Only a match is taken from the running hash; the full pass

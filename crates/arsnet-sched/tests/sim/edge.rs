@@ -670,3 +670,52 @@ fn an_excluded_server_is_blamed_and_never_dialled_again() {
         .iter()
         .any(|a| matches!(a, Action::Connect { server: 1, .. })));
 }
+
+#[test]
+fn segments_redone_while_running_go_to_the_connections_that_run() {
+    // Two servers, 10 segments; server 0 holds 0..4, server 1 holds 4..8.
+    let (mut s, conns, _) = running(Config::default(), 2, 10);
+    for segment in 4..8 {
+        assert_eq!(
+            s.on_segment(ms(2), conns[1], segment, true),
+            SegmentVerdict::Store
+        );
+    }
+    drain(&mut s);
+    assert_eq!(s.segments_done(), 4);
+    // Server 1 is found out: it is excluded and what it delivered is Missing again.
+    s.exclude(ms(3), 1, "its segment 5 differs from two others".into());
+    assert!(s.redo(ms(3), &[4, 5, 6, 7]));
+    assert_eq!(s.segments_done(), 0);
+    assert!((4..8).all(|segment| !s.is_done(segment)));
+    // Server 0's connection, still up, gets them back first (lowest Missing first) as its
+    // pipeline frees: it delivers 0 and is asked for 4.
+    assert_eq!(
+        s.on_segment(ms(4), conns[0], 0, true),
+        SegmentVerdict::Store
+    );
+    assert_eq!(requests(&drain(&mut s)), [(conns[0], 4)]);
+    for (t, segment) in [1u64, 2, 3, 4].into_iter().enumerate() {
+        s.on_segment(ms(5 + t as u64), conns[0], segment, true);
+    }
+    let asked: Vec<u64> = requests(&drain(&mut s))
+        .iter()
+        .map(|&(_, seg)| seg)
+        .collect();
+    assert_eq!(asked, [5, 6, 7, 8]);
+    assert_eq!(s.phase(), Phase::Running);
+}
+
+#[test]
+fn a_redo_after_completion_is_refused_and_changes_nothing() {
+    let (mut s, conns, _) = running(Config::default(), 1, 2);
+    s.on_segment(ms(2), conns[0], 0, true);
+    s.on_segment(ms(3), conns[0], 1, true);
+    assert_eq!(s.phase(), Phase::Complete);
+    assert!(!s.redo(ms(4), &[0]));
+    assert_eq!(s.phase(), Phase::Complete);
+    assert_eq!(s.segments_done(), 2);
+    // Before any layout there is nothing to redo either.
+    let mut fresh = Scheduler::new(Config::default(), 1, T0);
+    assert!(!fresh.redo(T0, &[0]));
+}
