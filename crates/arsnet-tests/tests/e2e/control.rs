@@ -41,8 +41,20 @@ fn slow_files(
     size: usize,
     rate: u64,
 ) -> Vec<(Vec<u16>, Vec<u8>, String)> {
-    (0..files)
-        .map(|i| {
+    slow_files_sized(root, servers, &vec![size; files], rate)
+}
+
+/// The same, a file of each of `sizes`.
+fn slow_files_sized(
+    root: &std::path::Path,
+    servers: &Daemon,
+    sizes: &[usize],
+    rate: u64,
+) -> Vec<(Vec<u16>, Vec<u8>, String)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
             let name = format!("f{i}.bin");
             let path = root.join(&name);
             let data = write_file(&path, size, 100 + i as u64);
@@ -59,10 +71,10 @@ fn queue_runs_at_most_max_active_in_order() {
     let servers = Daemon::start(&tmp.path().join("srv"));
     let config = format!("max_active_downloads = 2\n{TEST_CONFIG}");
     let client = Daemon::start_with_config(&tmp.path().join("cli"), &config);
-    // 1 MiB from 2 ports of 128 KiB/s each: about 4 s a job (it was a fraction of a second),
-    // so that two running at once is certainly seen by the polling below, however loaded
-    // the machine.
-    let files = slow_files(tmp.path(), &servers, 5, 1024 * 1024, 128 * 1024);
+    // 512 KiB from 2 ports of 128 KiB/s each: about 2 s a job (it was a fraction of a
+    // second), so that two running at once is certainly seen by the polling below, however
+    // loaded the machine.
+    let files = slow_files(tmp.path(), &servers, 5, 512 * 1024, 128 * 1024);
     let out = tmp.path().join("out");
     let ids: Vec<u64> = files
         .iter()
@@ -110,9 +122,9 @@ fn pause_resume_cancel_and_keep() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let client = Daemon::start(&tmp.path().join("cli"));
-    // 4 MiB from 2 ports of 256 KiB/s each: about 8 s a file, so that a pause or cancel at
+    // 3 MiB from 2 ports of 256 KiB/s each: about 6 s a file, so that a pause or cancel at
     // 10% lands seconds before the end (each port's first burst is only 64 KiB).
-    let files = slow_files(tmp.path(), &servers, 3, 4 * 1024 * 1024, 256 * 1024);
+    let files = slow_files(tmp.path(), &servers, 3, 3 * 1024 * 1024, 256 * 1024);
     let out = tmp.path().join("out");
 
     // Pause at a durable point, then resume: completes byte-identical.
@@ -180,9 +192,9 @@ fn second_fetch_of_same_download_is_refused_and_r_attaches() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let client = Daemon::start(&tmp.path().join("cli"));
-    // 2 MiB from 2 ports of 128 KiB/s each: about 8 s, so the first job is still running
-    // when the duplicate fetch and the attaching one arrive.
-    let files = slow_files(tmp.path(), &servers, 1, 2 * 1024 * 1024, 128 * 1024);
+    // 1 MiB from 2 ports of 128 KiB/s each: about 4 s, so the first job is still running
+    // when the duplicate fetch and the attaching one arrive, right after it.
+    let files = slow_files(tmp.path(), &servers, 1, 1024 * 1024, 128 * 1024);
     let (ports, data, name) = &files[0];
     let out = tmp.path().join("out");
     let job = fetch(&client, &out, ports, &[]);
@@ -206,10 +218,12 @@ fn kill9_restores_running_queued_paused_and_groups() {
     let servers = Daemon::start(&tmp.path().join("srv"));
     let config = format!("max_active_downloads = 1\n{TEST_CONFIG}");
     let mut client = Daemon::start_with_config(&tmp.path().join("cli"), &config);
-    // 8 MiB from 2 ports of 512 KiB/s each: about 8 s a file, so the kill at half-way lands
-    // seconds before the end, and half the file is far more than the slack of the bound on
-    // what the servers sent (a resume that fetched it again would exceed the bound).
-    let files = slow_files(tmp.path(), &servers, 3, 8 * 1024 * 1024, 512 * 1024);
+    // The running one: 8 MiB from 2 ports of 512 KiB/s each, about 8 s, so the kill at
+    // half-way lands seconds before the end, and half the file is far more than the slack
+    // of the bound on what the servers sent (a resume that fetched it again would exceed
+    // the bound). The queued and the paused ones only need to exist: 1 MiB each.
+    let sizes = [8 << 20, 1 << 20, 1 << 20];
+    let files = slow_files_sized(tmp.path(), &servers, &sizes, 512 * 1024);
     let out = tmp.path().join("out");
     let running = fetch(&client, &out, &files[0].0, &[]);
     let queued = fetch(&client, &out, &files[1].0, &[]);
@@ -267,9 +281,9 @@ fn sigterm_stops_gracefully_and_the_job_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let mut client = Daemon::start(&tmp.path().join("cli"));
-    // 4 MiB from 2 ports of 256 KiB/s each: about 8 s, so the SIGTERM at 20% lands seconds
+    // 3 MiB from 2 ports of 256 KiB/s each: about 6 s, so the SIGTERM at 20% lands seconds
     // before the end.
-    let files = slow_files(tmp.path(), &servers, 1, 4 * 1024 * 1024, 256 * 1024);
+    let files = slow_files(tmp.path(), &servers, 1, 3 * 1024 * 1024, 256 * 1024);
     let out = tmp.path().join("out");
     let job = fetch(&client, &out, &files[0].0, &[]);
     client.wait_job(job, LONG, |s| progress(s) > 0.2);
@@ -409,8 +423,8 @@ fn watch_receives_pushed_updates() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let client = Daemon::start(&tmp.path().join("cli"));
-    // 4 MiB from 2 ports of 256 KiB/s each: about 8 s, many updates' worth.
-    let files = slow_files(tmp.path(), &servers, 1, 4 * 1024 * 1024, 256 * 1024);
+    // 2 MiB from 2 ports of 256 KiB/s each: about 4 s, many updates' worth.
+    let files = slow_files(tmp.path(), &servers, 1, 2 * 1024 * 1024, 256 * 1024);
     let out = tmp.path().join("out");
     let mut watcher = std::process::Command::new(bin("arsnetctl"))
         .arg("--socket")
@@ -476,9 +490,9 @@ fn cancel_after_pause_removes_files_and_r_resumes_a_paused_job() {
     let tmp = tempfile::tempdir().unwrap();
     let servers = Daemon::start(&tmp.path().join("srv"));
     let client = Daemon::start(&tmp.path().join("cli"));
-    // 4 MiB from 2 ports of 256 KiB/s each: about 8 s a file (see
+    // 3 MiB from 2 ports of 256 KiB/s each: about 6 s a file (see
     // pause_resume_cancel_and_keep).
-    let files = slow_files(tmp.path(), &servers, 2, 4 * 1024 * 1024, 256 * 1024);
+    let files = slow_files(tmp.path(), &servers, 2, 3 * 1024 * 1024, 256 * 1024);
     let out = tmp.path().join("out");
 
     // pause, then cancel right away: the cancel wins and the partial files go.

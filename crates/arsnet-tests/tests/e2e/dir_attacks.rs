@@ -22,10 +22,10 @@ fn b3(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
-/// What `pause_midway` and the tests acting on a running job use: 8 MiB from 4 ports of
-/// 256 KiB/s each, about 8 s, so that an action taken at 20% lands seconds before the end
+/// What `pause_midway` and the tests acting on a running job use: 6 MiB from 4 ports of
+/// 256 KiB/s each, about 6 s, so that an action taken at 20% lands seconds before the end
 /// even on a slow, loaded machine (each port's first burst is only 64 KiB).
-const MIDWAY_SIZE: usize = 8 << 20;
+const MIDWAY_SIZE: usize = 6 << 20;
 const MIDWAY_RATE: u64 = 256 << 10;
 
 fn setup(size: usize, rate: u64) -> Slow {

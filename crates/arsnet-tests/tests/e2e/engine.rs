@@ -91,8 +91,8 @@ fn download_large_file_uses_every_server() {
 
 #[test]
 fn stop_server_mid_transfer_fails_over() {
-    // 4 ports of 512 KiB/s: about 8 s, so the stop at a quarter lands seconds before the end.
-    let s = slow_setup(16 * 1024 * 1024, 512 * 1024);
+    // 4 ports of 512 KiB/s: about 6 s, so the stop at a quarter lands seconds before the end.
+    let s = slow_setup(12 * 1024 * 1024, 512 * 1024);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     s.client.wait_job(job, LONG, |st| progress(st) >= 0.25);
     let victim = s.ports[1].to_string();
@@ -117,8 +117,8 @@ fn stop_server_mid_transfer_fails_over() {
 
 #[test]
 fn all_servers_stopped_then_started_completes() {
-    // 4 ports of 256 KiB/s: about 8 s, so the job is still running when they all stop.
-    let s = slow_setup(8 * 1024 * 1024, 256 * 1024);
+    // 4 ports of 256 KiB/s: about 6 s, so the job is still running when they all stop.
+    let s = slow_setup(6 * 1024 * 1024, 256 * 1024);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     s.client.wait_job(job, LONG, |st| progress(st) >= 0.2);
     let ps = ports_args(&s.ports);
@@ -493,8 +493,8 @@ fn full_disk_fails_clearly_and_resumes_after_space_is_freed() {
     let file = tmp.path().join("big.bin");
     let data = write_file(&file, 6 * 1024 * 1024, 21);
     let ports = free_ports(2);
-    // 2 ports of 256 KiB/s: about 12 s, so the disk fills while the download runs.
-    serve(&servers, &file, &ports, &["--rate", "256K"]);
+    // 2 ports of 512 KiB/s: about 6 s, so the disk fills while the download runs.
+    serve(&servers, &file, &ports, &["--rate", "512K"]);
 
     // A file that cannot fit is refused before anything is written, naming both sizes.
     let tiny = tmp.path().join("tiny-disk");
@@ -546,8 +546,8 @@ fn a_file_changed_while_served_is_never_delivered_mixed() {
     let file = tmp.path().join("moving.bin");
     write_file(&file, 4 * 1024 * 1024, 31);
     let ports = free_ports(2);
-    // 2 ports of 256 KiB/s: about 8 s, so the file changes while both connections serve.
-    serve(&servers, &file, &ports, &["--rate", "256K"]);
+    // 2 ports of 384 KiB/s: about 5 s, so the file changes while both connections serve.
+    serve(&servers, &file, &ports, &["--rate", "384K"]);
     let out = tmp.path().join("out");
     let job = fetch(&client, &out, &ports, &[]);
     client.wait_job(job, LONG, |s| progress(s) > 0.1);
@@ -608,8 +608,8 @@ fn stalled_server_is_dropped_and_its_segments_move() {
 
 #[test]
 fn a_crash_between_rename_and_journal_removal_is_recovered_on_restart() {
-    // 4 ports of 512 KiB/s: about 8 s, so the pause at 30% lands seconds before the end.
-    let mut s = slow_setup(16 * 1024 * 1024, 512 * 1024);
+    // 4 ports of 512 KiB/s: about 6 s, so the pause at 30% lands seconds before the end.
+    let mut s = slow_setup(12 * 1024 * 1024, 512 * 1024);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     s.client.wait_job(job, LONG, |st| progress(st) > 0.3);
     s.client.ok(&["pause", &job.to_string()]);

@@ -570,8 +570,8 @@ fn endless_mirror() -> u16 {
 #[test]
 fn a_mirror_whose_probe_never_ends_is_cut_off_and_blamed() {
     let s = setup();
-    // 512 KiB/s: about 8 s, so the job outlasts the endless probe however slowly it runs.
-    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "524288");
+    // 1 MiB/s: about 4 s, so the job outlasts the endless probe however slowly it runs.
+    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "1048576");
     let mirror = format!("http://127.0.0.1:{}/f.bin", endless_mirror());
     let client = Daemon::start(&s.tmp.path().join("cli"));
     let out = s.tmp.path().join("out");
