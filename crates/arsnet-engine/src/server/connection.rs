@@ -273,9 +273,11 @@ impl Conn<'_> {
         let buf = read_segment(self.served.clone(), buf, offset, length as usize).await?;
         if !self.served.unchanged() || buf.len() != length as usize {
             let msg = "the served file changed on disk since it was hashed".to_string();
+            // Logged before the client is told, so that the log already says it when the
+            // client reports it.
+            tracing::warn!("{msg}; refusing to serve stale digests");
             self.file.report_change();
             send_error(writer, ErrorCode::FileChanged, msg.clone()).await;
-            tracing::warn!("{msg}; refusing to serve stale digests");
             return Err(ConnError::Refused(msg));
         }
         frame.clear();

@@ -356,7 +356,7 @@ fn a_served_file_swapped_for_a_symlink_to_a_secret_is_never_served() {
         let args = fetch_args(&dir, &[port], &["--wait"]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         // Bounded: a download the group can no longer serve waits for it forever.
-        let _ = ctl_within(&client, &refs, Duration::from_secs(5));
+        let _ = ctl_within(&client, &refs, Duration::from_secs(30));
         if let Ok(bytes) = std::fs::read(dir.join("data.txt")) {
             assert_ne!(bytes, secret_bytes, "the root-only file was served");
             assert!(

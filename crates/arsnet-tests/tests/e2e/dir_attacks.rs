@@ -22,6 +22,12 @@ fn b3(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
+/// What `pause_midway` and the tests acting on a running job use: 6 MiB from 4 ports of
+/// 256 KiB/s each, about 6 s, so that an action taken at 20% lands seconds before the end
+/// even on a slow, loaded machine (each port's first burst is only 64 KiB).
+const MIDWAY_SIZE: usize = 6 << 20;
+const MIDWAY_RATE: u64 = 256 << 10;
+
 fn setup(size: usize, rate: u64) -> Slow {
     let s = slow_setup(size, rate);
     std::fs::create_dir_all(&s.out).unwrap();
@@ -36,7 +42,7 @@ fn pause_midway(s: &Slow, job: u64) {
 
 #[test]
 fn a_symlink_swapped_in_for_the_dump_is_refused_and_its_target_untouched() {
-    let s = setup(8 << 20, 2 << 20);
+    let s = setup(MIDWAY_SIZE, MIDWAY_RATE);
     let victim = s.tmp.path().join("victim");
     std::fs::write(&victim, b"do not touch").unwrap();
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
@@ -62,7 +68,7 @@ fn a_symlink_swapped_in_for_the_dump_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_file_planted_at_the_dump_path_is_never_published() {
-    let s = setup(8 << 20, 2 << 20);
+    let s = setup(MIDWAY_SIZE, MIDWAY_RATE);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     s.client.wait_job(job, LONG, |st| progress(st) > 0.2);
     // While the job runs, someone moves the real dump away and plants a file of the right
@@ -148,7 +154,18 @@ fn the_majority_decides_not_the_fastest_and_a_pin_overrides_it() {
         "{st}"
     );
 
-    // The user pins Y (the minority): Y it is, and the X servers are the ones blamed.
+    // The user pins Y (the minority): Y it is, and the X servers are the ones blamed. Y now
+    // comes from a throttled server (1 MiB/s, about 3 s), so the job is still running when
+    // every X server's header arrives: an unthrottled Y could finish it before.
+    let slow_y = serve_content(
+        &servers,
+        &tmp.path().join("y-slow"),
+        "same.bin",
+        &y,
+        1,
+        &["--rate", "1M"],
+    );
+    let ports = [&ports[..3], &slow_y[..]].concat();
     let pinned = tmp.path().join("pinned");
     let job = fetch(&client, &pinned, &ports, &["--blake3", &b3(&y)]);
     let st = client.wait_job(job, LONG, terminal);
@@ -221,7 +238,7 @@ fn no_strict_majority_fails_naming_both_contents() {
 
 #[test]
 fn fetch_r_cannot_switch_a_job_to_other_content() {
-    let s = setup(8 << 20, 2 << 20);
+    let s = setup(MIDWAY_SIZE, MIDWAY_RATE);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     pause_midway(&s, job);
     let args = fetch_args(&s.out, &s.ports, &["-r", "--blake3", &"ab".repeat(32)]);
@@ -281,7 +298,7 @@ fn a_sha256_pin_is_checked_before_publishing() {
 
 #[test]
 fn a_torn_journal_header_is_kept_aside_and_the_download_completes() {
-    let mut s = setup(8 << 20, 2 << 20);
+    let mut s = setup(MIDWAY_SIZE, MIDWAY_RATE);
     let job = fetch(&s.client, &s.out, &s.ports, &[]);
     pause_midway(&s, job);
     s.client.kill9();

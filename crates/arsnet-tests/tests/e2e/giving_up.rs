@@ -32,9 +32,10 @@ fn text(bytes: &[u8]) -> String {
 fn fetch_wait_with_nothing_listening_fails_naming_every_source() {
     let tmp = tempfile::tempdir().unwrap();
     let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
-    let ports = free_ports(2);
+    let dead = dead_ports(2);
+    let ports = &dead.ports;
     let out = tmp.path().join("out");
-    let mut args = fetch_args(&out, &ports, &["--wait"]);
+    let mut args = fetch_args(&out, ports, &["--wait"]);
     // A name that never resolves (.invalid is reserved for that).
     args.extend(["--source".into(), "arsnet-test.invalid:8080".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -46,7 +47,7 @@ fn fetch_wait_with_nothing_listening_fails_naming_every_source() {
     };
     let stderr = text(&done.stderr);
     assert_eq!(done.status.code(), Some(4), "job failed: {stderr}");
-    for port in &ports {
+    for port in ports {
         assert!(
             stderr.contains(&format!("127.0.0.1:{port} (connect failed")),
             "{port} named with its error: {stderr}"
@@ -82,8 +83,9 @@ fn a_dead_source_beside_a_live_one_does_not_stop_the_download() {
     let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
     let file = tmp.path().join("payload.bin");
     let data = write_file(&file, 65536 * 20 + 123, 42);
-    let ports = free_ports(2);
-    let (live, dead) = (ports[0], ports[1]);
+    let live = free_ports(1)[0];
+    let held = dead_ports(1);
+    let dead = held.ports[0];
     serve(&servers, &file, &[live], &[]);
     let out = tmp.path().join("out");
     let args = fetch_args(&out, &[live, dead], &["--wait"]);

@@ -136,7 +136,9 @@ fn a_mirror_with_other_bytes_is_blamed_and_its_bytes_never_kept() {
 #[test]
 fn mirrors_of_another_size_without_range_or_failing_are_dropped_with_the_reason() {
     let s = setup();
-    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "2097152");
+    // 256 KiB/s: with the one good mirror the job takes several seconds, however fast the
+    // bad mirrors are answered.
+    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "262144");
     std::fs::write(s.mirror_root.join("short.bin"), &s.data[..SIZE / 2]).unwrap();
     let extra = "location = /norange.bin { max_ranges 0; alias ROOT/f.bin; }\n\
                  location = /busy.bin { add_header Retry-After 7 always; return 503; }\n\
@@ -568,7 +570,8 @@ fn endless_mirror() -> u16 {
 #[test]
 fn a_mirror_whose_probe_never_ends_is_cut_off_and_blamed() {
     let s = setup();
-    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "2097152");
+    // 1 MiB/s: about 4 s, so the job outlasts the endless probe however slowly it runs.
+    let (_srv, port) = arsnet_server(s.tmp.path(), &s.file, "1048576");
     let mirror = format!("http://127.0.0.1:{}/f.bin", endless_mirror());
     let client = Daemon::start(&s.tmp.path().join("cli"));
     let out = s.tmp.path().join("out");

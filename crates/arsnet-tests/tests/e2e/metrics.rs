@@ -258,7 +258,11 @@ fn counters_do_not_drop_when_finished_jobs_are_pruned() {
     let x = scrape(metrics_port);
     assert_eq!(value(&x, "arsnet_served_bytes_total", &[]), sent);
     // A job that ends while no engine runs it (paused, then cancelled) counts too, once.
-    let dead = fetch(&d, &tmp.path().join("dead"), &[free_ports(1)[0]], &[]);
+    // Its only source accepts and stays silent, so the job is still running at the pause
+    // (one nobody listens at could be given up first, and a failed job is not paused).
+    let silent = silent_source();
+    let silent_port = silent.local_addr().unwrap().port();
+    let dead = fetch(&d, &tmp.path().join("dead"), &[silent_port], &[]);
     d.ok(&["pause", &dead.to_string()]);
     for _ in 0..2 {
         d.ok(&["cancel", &dead.to_string()]);

@@ -450,7 +450,12 @@ impl Flipping {
             flipped[i] ^= 0x01;
         }
         std::fs::write(bad_root.join("f.bin"), &flipped).unwrap();
-        let good = (0..3).map(|_| Nginx::start(&good_root, "")).collect();
+        // The honest mirrors are throttled (3 MiB/s a connection) and the liar is not, so the
+        // liar certainly delivers much of the file, flipped bytes included: left unthrottled,
+        // the honest ones might win nearly every segment and leave nothing to catch.
+        let good = (0..3)
+            .map(|_| Nginx::start(&good_root, "limit_rate 3m;"))
+            .collect();
         let liar = Nginx::start(&bad_root, "");
         let sha256 = sha256_hex(&good_root.join("f.bin"));
         Flipping {

@@ -140,7 +140,8 @@ fn a_terminal_shows_live_bars_per_server_and_in_total() {
     let mut args = fetch_args(&s.out, &s.ports, &["--wait"]);
     // A dead source, which must show a dash, not a rate.
     args.push("--source".into());
-    args.push(format!("127.0.0.1:{}", free_ports(1)[0]));
+    let dead = dead_ports(1);
+    args.push(format!("127.0.0.1:{}", dead.ports[0]));
     let t = Tmux::run(s.tmp.path(), &fetch_line(&s.client, "", &args));
     let running = t.wait_screen("a running bar with a rate and an ETA", |screen| {
         screen.contains("job 1 running") && screen.lines().any(|l| l.contains("B/s  ETA "))
@@ -281,8 +282,12 @@ fn a_pipe_gets_plain_lines_and_quiet_gets_nothing() {
     assert_same(&other.join("slow.bin"), &s.data);
 
     // ... and non-zero on failure, the reason on stderr only.
-    let dead = free_ports(1);
-    let args = fetch_args(&s.tmp.path().join("dead"), &dead, &["--wait", "--quiet"]);
+    let dead = dead_ports(1);
+    let args = fetch_args(
+        &s.tmp.path().join("dead"),
+        &dead.ports,
+        &["--wait", "--quiet"],
+    );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let failed = ctl_within(&s.client, &refs, LONG).expect("a dead source is given up");
     assert_eq!(failed.status.code(), Some(4), "{failed:?}");
@@ -321,7 +326,8 @@ fn a_source_that_is_not_transferring_shows_a_dash_for_its_rate() {
     // connecting) all along, and its rate is "-", never "0 B/s", in the plain reports of
     // `fetch --wait` and in `status`.
     let s = slow_setup(2 << 20, 512 * 1024);
-    let dead = free_ports(1)[0];
+    let held = dead_ports(1);
+    let dead = held.ports[0];
     let mut args = fetch_args(&s.out, &s.ports, &["--wait"]);
     args.extend(["--source".into(), format!("127.0.0.1:{dead}")]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -226,6 +226,8 @@ fn a_restarted_daemon_does_not_reuse_digests_of_a_file_edited_in_place() {
     servers.kill9();
     let new = test_data(old.len(), 94);
     edit_in_place_keeping_mtime(&file, &new);
+    // The log is appended to across runs: what the restarted daemon says starts here.
+    let logged_before = servers.log().len();
     servers.restart();
 
     let out = tmp.path().join("out1");
@@ -237,6 +239,11 @@ fn a_restarted_daemon_does_not_reuse_digests_of_a_file_edited_in_place() {
         tail(&servers.log(), 20)
     );
     assert_same(&out.join("cached.bin"), &new);
-    let hashed = servers.log().matches("hashed file").count();
-    assert_eq!(hashed, 2, "hashed at serve and again after the edit");
+    let log = servers.log();
+    let hashed = log[logged_before..].matches("hashed file").count();
+    assert!(
+        hashed >= 1,
+        "the restarted daemon hashed the file again (not the cache's digests):\n{}",
+        &log[logged_before..]
+    );
 }

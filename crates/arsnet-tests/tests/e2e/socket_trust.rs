@@ -391,7 +391,8 @@ fn unparseable_state_is_kept_aside_and_reported() {
     assert_eq!(std::fs::read(&kept[0]).unwrap(), garbage);
     assert!(notes.contains(kept[0].to_str().unwrap()), "{notes}");
     // The daemon works and saves anew.
-    let job = fetch(&d, &tmp.path().join("out"), &free_ports(1), &[]);
+    let dead = dead_ports(1);
+    let job = fetch(&d, &tmp.path().join("out"), &dead.ports, &[]);
     assert_eq!(job, 1);
     let saved = std::fs::read_to_string(d.state_dir.join("state.json")).unwrap();
     assert!(saved.contains("\"next_job_id\": 2"), "{saved}");
@@ -402,8 +403,11 @@ fn a_change_that_cannot_be_saved_is_reported_as_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_as_nobody(&tmp.path().join("d"));
     let out_dir = dir_owned_by(tmp.path(), "out", NOBODY);
-    // No server there: the job keeps retrying, so it can be paused later.
-    let job = fetch(&d, &out_dir, &free_ports(1), &[]);
+    // A source that accepts and never answers: the job stays running (where one nobody
+    // listens at would be given up after a few quick tries, before the pause below), so it
+    // can be paused later.
+    let silent = silent_source();
+    let job = fetch(&d, &out_dir, &[silent.local_addr().unwrap().port()], &[]);
     // The daemon (nobody) may no longer create its temp file next to state.json.
     std::fs::set_permissions(&d.state_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
     let state = d.state_dir.join("state.json");
@@ -469,6 +473,7 @@ fn a_change_that_cannot_be_saved_is_reported_as_an_error() {
     let status = d.status(job);
     assert_ne!(job_state(&status), "paused", "{status}");
     assert_eq!(d.json(&["list"])["jobs"].as_array().unwrap().len(), 1);
+    drop(silent);
 }
 
 #[test]

@@ -90,6 +90,19 @@ commit_batch = 8
 commit_interval_ms = 100
 "#;
 
+/// TEST_CONFIG's `pipeline_depth`: segments a connection may have requested and not yet
+/// received.
+pub const PIPELINE_DEPTH: u64 = 4;
+
+/// Segments a client may hold between their arrival and their durability point, so that a
+/// kill -9 loses them and a resumed job fetches them again: the job's event queue
+/// (arsnet-engine download/job.rs EVENT_QUEUE, 8) and the writer's queue (download/writer.rs
+/// WRITER_QUEUE, 8), each entry of which may be a segment, plus a commit batch of written
+/// segments not yet durable (TEST_CONFIG's `commit_batch`, 8). On a loaded machine the
+/// queues do fill (the disk is the slow side), so a bound on what the servers sent in all
+/// must allow for them.
+pub const HELD_UNTIL_DURABLE: u64 = 8 + 8 + 8;
+
 impl Daemon {
     /// Starts a daemon under `root` (socket, state dir and log inside it).
     pub fn start(root: &Path) -> Daemon {
@@ -593,4 +606,70 @@ pub fn fake_job(id: u64, state: arsnet_proto::control::JobState) -> arsnet_proto
         verification: Default::default(),
         owner_tag: None,
     }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `timeout`. For
+/// conditions that come true a little after the action that causes them (a port closing,
+/// a line reaching a log), which a loaded machine may delay by seconds.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until nothing accepts connections on `port` any more (after a stop-server).
+pub fn wait_not_listening(port: u16, timeout: Duration) {
+    wait_until(&format!("port {port} stopped listening"), timeout, || {
+        !is_listening(port)
+    });
+}
+
+/// Loopback ports where nothing listens, and nothing can start listening while this
+/// lives: each is held by a TCP socket that is bound but never listens (and has no
+/// SO_REUSEADDR, so no other socket can bind the port). A connect to one is refused at
+/// once, as to a port nobody uses, but no test running in parallel can take it over, as it
+/// could a port from [`free_ports`] once that returned.
+pub struct DeadPorts {
+    pub ports: Vec<u16>,
+    _held: Vec<std::os::fd::OwnedFd>,
+}
+
+pub fn dead_ports(n: usize) -> DeadPorts {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        // SAFETY: plain socket calls on a descriptor owned by `fd` from the moment it exists
+        // (so it is closed on every path), with correctly sized arguments.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(raw, (&addr as *const libc::sockaddr_in).cast(), len);
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let rc = libc::getsockname(raw, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len);
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ports.push(u16::from_be(addr.sin_port));
+            held.push(fd);
+        }
+    }
+    DeadPorts { ports, _held: held }
+}
+
+/// A source that accepts connections and never says a word (the kernel completes the
+/// handshakes into the listen backlog; nobody reads or writes): a job fetching only from it
+/// stays running, neither failing at once nor finishing, for as long as this lives.
+pub fn silent_source() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
 }
