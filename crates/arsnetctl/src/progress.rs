@@ -430,6 +430,29 @@ mod tests {
     }
 
     #[test]
+    fn status_columns_stay_under_their_headings_with_long_mirror_urls() {
+        let long = "http://192.0.2.18:8000/payload.bin";
+        let text = crate::render::job_detail(&job(
+            JobState::Running,
+            vec![
+                source("127.0.0.1:9000", SourceState::Active, 1, 1),
+                source(long, SourceState::Active, 1, 1),
+            ],
+        ));
+        let lines: Vec<&str> = text.lines().collect();
+        let heading = lines.iter().find(|l| l.contains("SERVER")).unwrap();
+        let column = heading.find("STATE").unwrap();
+        for address in ["127.0.0.1:9000", long] {
+            let row = lines.iter().find(|l| l.contains(address)).unwrap();
+            assert_eq!(
+                row[column..].split_whitespace().next(),
+                Some(SourceState::Active.label()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn the_form_follows_flags_stdout_and_environment() {
         use Display::*;
         assert_eq!(Display::decide(true, true, true, None, false), Json);

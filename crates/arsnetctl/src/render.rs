@@ -138,10 +138,22 @@ pub fn job_detail(info: &JobInfo) -> String {
             arsnet_proto::manifest::to_hex(content)
         ));
     }
-    out.push_str("  SERVER                 STATE        RATE          BYTES  SEGMENTS  FAILURES\n");
+    // As wide as the longest address (a mirror's URL is often longer than 22 columns), so
+    // that every row's columns stay under their headings.
+    let width = info
+        .sources
+        .iter()
+        .map(|s| s.address.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22);
+    out.push_str(&format!(
+        "  {:<width$} STATE        RATE          BYTES  SEGMENTS  FAILURES\n",
+        "SERVER"
+    ));
     for s in &info.sources {
         out.push_str(&format!(
-            "  {:<22} {:<10} {:>12} {:>12}  {:>8}  {:>8}{}\n",
+            "  {:<width$} {:<10} {:>12} {:>12}  {:>8}  {:>8}{}\n",
             s.address,
             s.state.label(),
             source_rate(s),
