@@ -84,13 +84,7 @@ const ADDRESS_WIDTH: usize = 28;
 /// One line per source: address, state, rate, segments and their share of those delivered.
 fn source_lines(info: &JobInfo) -> Vec<String> {
     let delivered: u64 = info.sources.iter().map(|s| s.segments).sum();
-    let width = info
-        .sources
-        .iter()
-        .map(|s| s.address.chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(ADDRESS_WIDTH);
+    let width = crate::render::address_width(&info.sources).min(ADDRESS_WIDTH);
     info.sources
         .iter()
         .map(|s| {

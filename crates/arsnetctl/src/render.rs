@@ -102,6 +102,15 @@ pub fn groups_table(groups: &[GroupInfo]) -> String {
     out
 }
 
+/// Columns the longest source address takes (in characters).
+pub fn address_width(sources: &[arsnet_proto::control::SourceInfo]) -> usize {
+    sources
+        .iter()
+        .map(|s| s.address.chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
 /// The full, per-server view of one job (`status`, and each `--wait` report).
 pub fn job_detail(info: &JobInfo) -> String {
     let mut out = String::new();
@@ -140,13 +149,7 @@ pub fn job_detail(info: &JobInfo) -> String {
     }
     // As wide as the longest address (a mirror's URL is often longer than 22 columns), so
     // that every row's columns stay under their headings.
-    let width = info
-        .sources
-        .iter()
-        .map(|s| s.address.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(22);
+    let width = address_width(&info.sources).max(22);
     out.push_str(&format!(
         "  {:<width$} STATE        RATE          BYTES  SEGMENTS  FAILURES\n",
         "SERVER"
