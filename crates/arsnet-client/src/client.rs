@@ -10,11 +10,10 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::frame::{read_frame, write_frame, FrameError};
+use crate::transport::{self, BorrowedHandle, Stream};
 use arsnet_proto::control::{decode_payload, ClientMessage, ControlError, Request, Response};
 use arsnet_proto::limits::{CONTROL_ANSWER_TIMEOUT, CONTROL_VERSION};
-use tokio::net::UnixStream;
-
-use crate::frame::{read_frame, write_frame, FrameError};
 
 /// Why a control request did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +38,26 @@ pub enum ClientError {
 
 /// A connection to the daemon's control socket.
 pub struct Client {
-    stream: UnixStream,
+    stream: Stream,
 }
 
 impl Client {
     /// Connects and checks the daemon (see the module doc) before anything is sent.
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+        let stream = transport::connect(path)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let untrusted = |reason: String| ClientError::Untrusted {
             path: path.to_path_buf(),
             reason,
         };
         let peer = stream
-            .peer_cred()
+            .peer()
             .map_err(|e| untrusted(format!("cannot read the listener's credentials: {e}")))?;
-        check_daemon(path, peer.uid(), &Trusted::current()).map_err(untrusted)?;
+        check_daemon(path, peer.uid, &Trusted::current()).map_err(untrusted)?;
         Ok(Client { stream })
     }
 
@@ -72,19 +70,21 @@ impl Client {
         Ok(())
     }
 
-    /// Sends `request` with `fds` (files or directories this process opened itself) passed
-    /// along, so that the daemon acts on what the caller could open, not on what it could.
-    pub async fn send_with_fds(
+    /// Sends `request` with `handles` (files or directories this process opened itself)
+    /// passed along, so that the daemon acts on what the caller could open, not on what it
+    /// could.
+    pub async fn send_with_handles(
         &mut self,
         request: Request,
-        fds: &[std::os::fd::BorrowedFd<'_>],
+        handles: &[BorrowedHandle<'_>],
     ) -> Result<(), ClientError> {
         let message = ClientMessage {
             version: CONTROL_VERSION,
             request,
         };
         let frame = arsnet_proto::control::encode_frame(&message).map_err(FrameError::from)?;
-        crate::fds::send_with_fds(&self.stream, &frame, fds)
+        self.stream
+            .send_with_handles(&frame, handles)
             .await
             .map_err(FrameError::from)?;
         Ok(())
@@ -337,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let path = dir.path().join("s.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let listener = transport::Listener::bind(&path).unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let _request = read_frame(&mut stream).await.unwrap();

@@ -8,6 +8,8 @@ use arsnet_proto::limits::CONTROL_FRAME_DEADLINE;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::transport::{Handle, Stream};
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("connection closed")]
@@ -54,18 +56,18 @@ async fn read_rest<R: AsyncRead + Unpin>(
     }
 }
 
-/// [`read_frame`] on the control socket itself, also returning the descriptors the client
-/// sent with the frame's first byte (see [`crate::fds`]).
-pub async fn read_frame_with_fds(
-    stream: &mut tokio::net::UnixStream,
-) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), FrameError> {
+/// [`read_frame`] on a control connection itself, also returning the open files the client
+/// sent with the frame's first byte (see [`Stream::send_with_handles`]).
+pub async fn read_frame_with_handles(
+    stream: &mut Stream,
+) -> Result<(Vec<u8>, Vec<Handle>), FrameError> {
     let mut prefix = [0u8; 4];
-    let (n, fds) = crate::fds::recv_with_fds(stream, &mut prefix[..1]).await?;
+    let (n, handles) = stream.recv_with_handles(&mut prefix[..1]).await?;
     if n == 0 {
         return Err(FrameError::Closed);
     }
     let payload = read_rest(stream, prefix).await?;
-    Ok((payload, fds))
+    Ok((payload, handles))
 }
 
 /// Writes one frame.

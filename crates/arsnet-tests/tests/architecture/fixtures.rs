@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::{cycles, deps, functions};
+use crate::{cycles, deps, functions, transport};
 
 fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);
@@ -247,4 +247,49 @@ fn architecture_checkers_follow_the_function_length_rule() {
     }
     let found = functions::long_functions(root, functions::MAX_FN_LINES);
     assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn sockets_named_outside_the_transport_backend_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "crates/arsnet-client/Cargo.toml",
+        &manifest("arsnet-client", ""),
+    );
+    write(
+        root,
+        "crates/arsnet-client/src/lib.rs",
+        "pub mod transport;\nmod client;\n",
+    );
+    // The backend may name anything.
+    write(
+        root,
+        "crates/arsnet-client/src/transport/mod.rs",
+        "pub struct Stream(tokio::net::UnixStream);\n",
+    );
+    let client = "use tokio::net::UnixStream;\n\
+                  pub fn peer(s: &crate::transport::Stream) { let _ = s.0.peer_cred(); }\n\
+                  #[cfg(test)]\nmod tests { fn t() { let _ = std::os::unix::net::UnixListener::bind(\"x\"); } }\n";
+    write(root, "crates/arsnet-client/src/client.rs", client);
+    write(
+        root,
+        "crates/arsnet-tests/Cargo.toml",
+        &manifest("arsnet-tests", ""),
+    );
+    write(
+        root,
+        "crates/arsnet-tests/src/lib.rs",
+        "pub fn e2e() { let _ = std::os::unix::net::UnixStream::pair(); }\n",
+    );
+    let found = transport::transport_outside_backend(root);
+    assert_eq!(
+        found,
+        [
+            "crates/arsnet-client/src/client.rs:1: UnixStream",
+            "crates/arsnet-client/src/client.rs:2: peer_cred",
+        ],
+        "the backend, test code and the e2e crate are left alone"
+    );
 }

@@ -1,6 +1,6 @@
 //! Architecture rules as tests that can fail: no module import cycles inside a crate, no
 //! function longer than 80 lines, no unused dependency, and `arsnetctl` links neither the
-//! engine nor the daemon; PROTOCOL.md names every limit and ARCHITECTURE.md states an
+//! engine nor the daemon, only the transport backend names sockets; PROTOCOL.md names every limit and ARCHITECTURE.md states an
 //! invariant per crate. Each checker takes the workspace root as an argument, so the
 //! `fixtures` tests run it against small workspaces written to a temp dir.
 
@@ -10,6 +10,7 @@ mod docs;
 mod fixtures;
 mod functions;
 mod modules;
+mod transport;
 
 use std::path::PathBuf;
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use arsnet_client::transport::BorrowedHandle;
 use arsnet_client::Client;
 use arsnet_proto::control::{Request, Response};
 
@@ -19,14 +20,15 @@ pub async fn call(socket: &Path, request: Request) -> Result<Response, Failure> 
     Ok(client.call(request).await?)
 }
 
-/// [`call`], passing descriptors this process opened (the daemon acts on what this process could open).
-pub async fn call_with_fds(
+/// [`call`], passing files this process opened (the daemon acts on what this process could
+/// open).
+pub async fn call_with_handles(
     socket: &Path,
     request: Request,
-    fds: &[std::os::fd::BorrowedFd<'_>],
+    handles: &[BorrowedHandle<'_>],
 ) -> Result<Response, Failure> {
     let mut client = Client::connect(socket).await?;
-    client.send_with_fds(request.clone(), fds).await?;
+    client.send_with_handles(request.clone(), handles).await?;
     Ok(client.answer_to(&request).await?)
 }
 

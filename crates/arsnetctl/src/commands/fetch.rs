@@ -8,7 +8,7 @@ use std::path::Path;
 use arsnet_proto::control::{FetchSpec, Pin, Request, Response};
 use arsnet_proto::SourceAddr;
 
-use super::call::{absolute, call_with_fds, unexpected};
+use super::call::{absolute, call_with_handles, unexpected};
 use super::follow::{wait_for_job, Follow, Interrupt};
 use crate::cli::FetchArgs;
 use crate::exit::{Exit, Failure};
@@ -127,7 +127,7 @@ pub async fn fetch(socket: &Path, json: bool, args: FetchArgs) -> Result<Exit, F
     let mut interrupt = args.wait.then(Interrupt::catch).transpose()?;
     let request = Request::Fetch(spec);
     let fds = [opened.as_fd()];
-    let answer = call_with_fds(socket, request, &fds);
+    let answer = call_with_handles(socket, request, &fds);
     let answer = match &mut interrupt {
         Some(interrupt) => tokio::select! {
             answer = answer => answer?,

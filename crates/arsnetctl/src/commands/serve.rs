@@ -6,7 +6,7 @@ use std::path::Path;
 
 use arsnet_proto::control::{Request, Response, ServeSpec};
 
-use super::call::{absolute, call, call_with_fds, print_value, unexpected};
+use super::call::{absolute, call, call_with_handles, print_value, unexpected};
 use crate::cli::ServeArgs;
 use crate::exit::{Exit, Failure};
 
@@ -31,7 +31,7 @@ pub async fn serve(socket: &Path, json: bool, args: ServeArgs) -> Result<Exit, F
         )
     })?;
     let request = Request::Serve(spec);
-    let id = match call_with_fds(socket, request, &[opened.as_fd()]).await? {
+    let id = match call_with_handles(socket, request, &[opened.as_fd()]).await? {
         Response::GroupStarted { id } => id,
         other => return unexpected(other),
     };

@@ -9,21 +9,21 @@ use arsnet_proto::control::{
     Update,
 };
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info};
 
 use crate::caller::Caller;
-use arsnet_client::frame::{read_frame_with_fds, write_frame, FrameError};
+use arsnet_client::frame::{read_frame_with_handles, write_frame, FrameError};
+use arsnet_client::transport::{Handle, Stream};
 
 use crate::state::Daemon;
 use crate::{groups, jobs};
 
 use arsnet_proto::limits::{CONTROL_SETTLE_TIMEOUT, CONTROL_WATCH_WRITE_STALL, MAX_CONTROL_FRAME};
 
-pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, caller: Caller) {
+pub(super) async fn handle(daemon: Arc<Daemon>, mut stream: Stream, caller: Caller) {
     loop {
-        let (payload, fds) = match read_frame_with_fds(&mut stream).await {
+        let (payload, fds) = match read_frame_with_handles(&mut stream).await {
             Ok(frame) => frame,
             Err(FrameError::Closed) => return,
             Err(e) => {
@@ -74,7 +74,7 @@ async fn dispatch(
     daemon: &Arc<Daemon>,
     request: Request,
     caller: &Caller,
-    fds: Vec<std::os::fd::OwnedFd>,
+    fds: Vec<Handle>,
 ) -> Result<Response, ControlError> {
     Ok(match request {
         Request::Ping => Response::Pong {
@@ -202,7 +202,7 @@ fn snapshot(daemon: &Daemon, id: Option<JobId>) -> Result<Vec<Update>, ControlEr
     })
 }
 
-async fn watch(daemon: &Arc<Daemon>, stream: &mut UnixStream, id: Option<JobId>) {
+async fn watch(daemon: &Arc<Daemon>, stream: &mut Stream, id: Option<JobId>) {
     let mut updates = daemon.updates.subscribe();
     let initial = match snapshot(daemon, id) {
         Ok(initial) => initial,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use arsnet_client::transport::{self, Listener};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -38,7 +38,7 @@ pub enum SocketError {
 /// (0600, or 0660 for a control group). A socket file left by a crashed daemon (nobody
 /// accepts on it) is replaced; a live one is an error, and so is anything but a socket. An existing directory must be safe
 /// (ours, not writable by others).
-pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, SocketError> {
+pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<Listener, SocketError> {
     let shown = path.display().to_string();
     let io = |source| SocketError::Io {
         path: shown.clone(),
@@ -67,13 +67,11 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
     // symlink to one, or a directory) must not cost them that file.
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(SocketError::InUse(shown)),
-                Err(_) => {
-                    info!(socket = %shown, "removing stale socket left by a previous daemon");
-                    std::fs::remove_file(path).map_err(io)?;
-                }
+            if transport::is_live(path) {
+                return Err(SocketError::InUse(shown));
             }
+            info!(socket = %shown, "removing stale socket left by a previous daemon");
+            std::fs::remove_file(path).map_err(io)?;
         }
         Ok(meta) => {
             return Err(SocketError::NotASocket {
@@ -84,7 +82,7 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
+    let listener = Listener::bind(path).map_err(io)?;
     match group {
         Some(group) => access::share_with_group(path, group, 0o660).map_err(io)?,
         None => {
@@ -99,8 +97,8 @@ pub fn bind_socket(path: &Path, group: Option<&ControlGroup>) -> Result<UnixList
 /// `control` (`FileDescriptorName=control` in the socket unit), or, when none is named so, the
 /// only one passed. It must be a listening Unix stream socket; anything else is an error
 /// rather than something to guess about.
-pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
-    use std::os::fd::FromRawFd;
+pub fn inherited_socket() -> Result<Option<Listener>, SocketError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
     // The variables are consumed, so no child process ever takes them for its own.
     let passed: Vec<(std::os::fd::RawFd, String)> = sd_notify::listen_fds_with_names(true)
         .map_err(|source| SocketError::Io {
@@ -111,12 +109,6 @@ pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
     let Some(fd) = control_fd(&passed)? else {
         return Ok(None);
     };
-    if !is_listening_unix_socket(fd) {
-        return Err(SocketError::Io {
-            path: format!("descriptor {fd} passed by the service manager"),
-            source: std::io::Error::other("not a listening Unix stream socket"),
-        });
-    }
     for &(other, _) in passed.iter().filter(|(other, _)| *other != fd) {
         // Not ours to use: at least no child process inherits it.
         // SAFETY: fcntl on a descriptor number only changes that descriptor's flags.
@@ -124,13 +116,13 @@ pub fn inherited_socket() -> Result<Option<UnixListener>, SocketError> {
     }
     // SAFETY: the service manager passed this descriptor to us to own (LISTEN_PID is our
     // pid, checked by listen_fds), and nothing else in this process uses it.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-    let io = |source| SocketError::Io {
-        path: format!("descriptor {fd} passed by the service manager"),
-        source,
-    };
-    std_listener.set_nonblocking(true).map_err(io)?;
-    UnixListener::from_std(std_listener).map(Some).map_err(io)
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Listener::adopt(owned)
+        .map(Some)
+        .map_err(|source| SocketError::Io {
+            path: format!("descriptor {fd} passed by the service manager"),
+            source,
+        })
 }
 
 /// Which passed descriptor is the control socket: the one named `control`, else the only one.
@@ -160,35 +152,6 @@ fn control_fd(
 /// The name (`LISTEN_FDNAMES`, `FileDescriptorName=`) of the passed control socket.
 const CONTROL_FD_NAME: &str = "control";
 
-fn is_listening_unix_socket(fd: std::os::fd::RawFd) -> bool {
-    let mut domain: libc::c_int = 0;
-    let mut listening: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the int it is given.
-    let ok = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } == 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above.
-    let ok = ok
-        && unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut listening as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        } == 0;
-    ok && domain == libc::AF_UNIX && listening == 1
-}
-
 fn describe(kind: std::fs::FileType) -> &'static str {
     if kind.is_symlink() {
         "a symbolic link"
@@ -202,7 +165,7 @@ fn describe(kind: std::fs::FileType) -> &'static str {
 }
 
 /// Accepts control connections until the daemon shuts down.
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+pub async fn serve(daemon: Arc<Daemon>, listener: Listener) {
     let permits = Arc::new(Semaphore::new(CONTROL_MAX_CONNECTIONS));
     let group: Option<String> = daemon.control_group.as_ref().map(|g| g.name.clone());
     let mut backoff = Duration::from_millis(10);
@@ -215,10 +178,10 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             _ = daemon.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 backoff = Duration::from_millis(10);
-                stream
+                accepted
             }
             Err(e) => {
                 warn!(error = %e, "control accept failed");
@@ -227,8 +190,8 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 continue;
             }
         };
-        let cred = match stream.peer_cred() {
-            Ok(cred) => cred,
+        let peer = match peer {
+            Ok(peer) => peer,
             Err(e) => {
                 warn!(error = %e, "refused control connection: cannot read peer credentials");
                 continue;
@@ -237,7 +200,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
         let daemon = daemon.clone();
         let group = group.clone();
         tokio::spawn(async move {
-            let (uid, gid) = (cred.uid(), cred.gid());
+            let transport::Peer { uid, gid, pid } = peer;
             // The group lookup may block on NSS (LDAP…): keep it off the async threads.
             let allowed = tokio::task::spawn_blocking(move || {
                 access::peer_allowed(uid, gid, group.as_deref())
@@ -245,14 +208,10 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             .await
             .unwrap_or(false);
             if allowed {
-                let caller = crate::caller::Caller {
-                    uid,
-                    gid,
-                    pid: cred.pid(),
-                };
+                let caller = crate::caller::Caller { uid, gid, pid };
                 handler::handle(daemon, stream, caller).await;
             } else {
-                warn!(uid, pid = ?cred.pid(), "refused control connection from another user");
+                warn!(uid, pid = ?pid, "refused control connection from another user");
             }
             drop(permit);
         });
