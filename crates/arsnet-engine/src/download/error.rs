@@ -2,14 +2,19 @@
 //! shows them as the job's failure), so they say what happened and what to do.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arsnet_proto::manifest::to_hex;
 use arsnet_proto::Digest;
 
-use super::writer::WriteError;
+use arsnet_sched::FailReason;
+use arsnet_store::StoreError;
+
+use super::spec::RecordError;
+use super::writer::{TaskFailure, WriteError};
 
 /// How a job run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Every segment verified and the file published at this path.
     Completed(PathBuf),
@@ -41,7 +46,7 @@ pub struct SourceFailure {
 }
 
 /// Why a download failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DownloadError {
     /// The HTTP client for the job's mirrors could not be set up (e.g. no TLS roots).
     #[error("cannot set up the HTTP client: {0}")]
@@ -50,11 +55,11 @@ pub enum DownloadError {
     #[error("cannot create {}: {reason}", .path.display())]
     CreateDir { path: PathBuf, reason: String },
     /// The download directory could not be opened, or is not the one the caller showed.
-    #[error("{0}")]
-    Dir(String),
+    #[error(transparent)]
+    Dir(Arc<StoreError>),
     /// A partial download could not be examined or adopted.
     #[error("cannot resume: {0}")]
-    Resume(String),
+    Resume(Arc<StoreError>),
     /// `fetch -r` found an orphan's partial files of another content than the one decided.
     #[error(
         "a partial download exists ({}) of other content than the servers agree on; remove \
@@ -72,8 +77,8 @@ pub enum DownloadError {
     #[error("{} already exists; pass --overwrite to replace it", .0.display())]
     TargetExists(PathBuf),
     /// The store could not be created.
-    #[error("{0}")]
-    Create(String),
+    #[error(transparent)]
+    Create(Arc<StoreError>),
     /// The writer failed (I/O, or the finished file is not the SHA-256 the user pinned).
     #[error("storage error: {0}")]
     Storage(#[from] WriteError),
@@ -85,13 +90,13 @@ pub enum DownloadError {
     NoStorage,
     /// A store operation on the blocking pool panicked or was cancelled.
     #[error("storage task failed: {0}")]
-    Task(String),
+    Task(TaskFailure),
     /// The `ContentHook` could not save the accepted content.
     #[error("cannot record the download before writing it: {0}")]
-    ContentHook(String),
+    ContentHook(Arc<RecordError>),
     /// The scheduler gave up: every source is blamed, or there are none.
     #[error("{0}")]
-    AllSourcesFailed(String),
+    AllSourcesFailed(FailReason),
     /// No source ever answered (or the ones that did were blamed) and nothing was verified:
     /// each was tried `attempts` times (`DownloadConfig::max_tries`).
     #[error(

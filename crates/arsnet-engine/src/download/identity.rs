@@ -64,6 +64,40 @@ impl Claim {
             _ => None,
         }
     }
+
+    /// In a job whose sources all claim no identity (mirrors alone), a claim's vote: a
+    /// layout with no identity (`Manifest::unproven`) of its file's size, saved under
+    /// `name`, elected like a server's header (a strict majority of those that answer), the
+    /// whole file checked against the pin at the end. `Err` says why this claim is refused
+    /// instead; `Ok(None)` for a claim that carries its own identity (it votes with that).
+    pub fn size_vote(
+        &self,
+        name: Option<String>,
+        pin: Option<Pin>,
+    ) -> Result<Option<Arc<Manifest>>, String> {
+        let Claim::Mirror(file) = self else {
+            return Ok(None);
+        };
+        // A truncated or half-synced mirror answers like an empty file (200, no body): with
+        // a pin that is not the empty file's, that answer is wrong, never a vote.
+        if file.size == 0 && pin.is_some_and(|pin| !pins_the_empty_file(pin)) {
+            return Err("answers as if the file were empty, which the pin rules out".into());
+        }
+        let name = name.ok_or("the mirror URL names no file to save under")?;
+        Manifest::unproven(name, file.size)
+            .map(|manifest| Some(Arc::new(manifest)))
+            .map_err(|e| format!("its file cannot be fetched: {e}"))
+    }
+}
+
+/// Whether `pin` names the empty file (so that a mirror saying the file is empty may be
+/// right).
+fn pins_the_empty_file(pin: Pin) -> bool {
+    use sha2::Digest as _;
+    match pin {
+        Pin::Blake3(d) => d == *blake3::hash(b"").as_bytes(),
+        Pin::Sha256(d) => d[..] == sha2::Sha256::digest(b"")[..],
+    }
 }
 
 /// The scheduler's view of a manifest: segment count, identity and root.
@@ -129,5 +163,50 @@ impl Manifests {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.known.lock().map_or(0, |k| k.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(size: u64) -> Claim {
+        Claim::Mirror(Arc::new(MirrorFile {
+            size,
+            etag: None,
+            last_modified: None,
+        }))
+    }
+
+    #[test]
+    fn a_size_only_claim_votes_with_its_size_unless_the_pin_rules_it_out() {
+        let name = || Some("x.img".to_string());
+        let vote = mirror(3 << 20).size_vote(name(), None).unwrap().unwrap();
+        assert_eq!((vote.name.as_str(), vote.size), ("x.img", 3 << 20));
+        let other = Pin::Blake3(*blake3::hash(b"not empty").as_bytes());
+        let empty = Pin::Blake3(*blake3::hash(b"").as_bytes());
+        let err = mirror(0).size_vote(name(), Some(other)).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        assert_eq!(
+            mirror(0)
+                .size_vote(name(), Some(empty))
+                .unwrap()
+                .unwrap()
+                .size,
+            0,
+            "an empty file pinned as empty is a vote"
+        );
+        assert!(
+            mirror(1).size_vote(None, None).is_err(),
+            "no name to save under"
+        );
+        let manifest = Arc::new(Manifest::unproven("y".into(), 1).unwrap());
+        assert!(
+            Claim::Manifest(manifest)
+                .size_vote(name(), None)
+                .unwrap()
+                .is_none(),
+            "a claim with its own identity votes with that"
+        );
     }
 }

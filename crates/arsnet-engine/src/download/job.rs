@@ -98,7 +98,7 @@ fn scheduler_for(spec: &DownloadSpec, known: Option<(Layout, &[u64])>, now: Dura
         sched.pin(content);
     }
     // Mirrors follow the content ArsNet servers announce; alone, they vote with their size
-    // (see `Job::on_mirror_ready`).
+    // (see `Job::on_unproven_claim`).
     for (server, source) in spec.sources.iter().enumerate() {
         if source.is_mirror() && !spec.mirrors_only() {
             sched.set_follower(server);
@@ -492,7 +492,7 @@ impl Job {
                 handle.claim = Some(claim.clone());
                 match claim.layout() {
                     Some(layout) => self.sched.on_header(now, conn, layout),
-                    None => self.on_mirror_ready(now, conn, &claim),
+                    None => self.on_unproven_claim(now, conn, &claim),
                 }
             }
             SourceEvent::Segment {
@@ -542,36 +542,20 @@ impl Job {
         Ok(())
     }
 
-    /// A mirror finished its handshake. In a job with ArsNet servers it follows the decided
-    /// content, if its file can be it. In a job of mirrors alone its file's size is its
-    /// vote: a layout with no identity (`Manifest::unproven`), elected like a server's header
-    /// (a strict majority of those that answer), the whole file checked against the pin.
-    fn on_mirror_ready(&mut self, now: Duration, conn: ConnId, claim: &Claim) {
+    /// A source that claims no identity of its own (a mirror) finished its handshake. In a
+    /// job with sources that do, it follows the decided content, if its file can be it; in a
+    /// job of such sources alone its claim's size is its vote ([`Claim::size_vote`]).
+    fn on_unproven_claim(&mut self, now: Duration, conn: ConnId, claim: &Claim) {
         if let Some(reason) = self.manifest.as_ref().and_then(|m| claim.contradicts(m)) {
             self.sched.on_refused(now, conn, reason);
             return;
         }
-        let (true, Claim::Mirror(file)) = (self.spec.mirrors_only(), claim) else {
+        if !self.spec.mirrors_only() {
             self.sched.on_follower_ready(now, conn);
             return;
-        };
-        // A truncated or half-synced mirror answers like an empty file (200, no body): with
-        // a pin that is not the empty file's, that answer is wrong, never a vote.
-        if file.size == 0 && self.spec.pin.is_some_and(|pin| !pins_the_empty_file(pin)) {
-            let reason = "answers as if the file were empty, which the pin rules out".to_string();
-            self.sched.on_refused(now, conn, reason);
-            return;
         }
-        let name = self.spec.mirror_file_name();
-        let unproven = name
-            .ok_or_else(|| "the mirror URL names no file to save under".to_string())
-            .and_then(|n| {
-                Manifest::unproven(n, file.size)
-                    .map_err(|e| format!("its file cannot be fetched: {e}"))
-            });
-        match unproven {
-            Ok(manifest) => {
-                let manifest = Arc::new(manifest);
+        match claim.size_vote(self.spec.mirror_file_name(), self.spec.pin) {
+            Ok(Some(manifest)) => {
                 let layout = layout_of(&manifest);
                 if let Some(handle) = self.conns.get_mut(&conn) {
                     // Kept like a server's manifest: the store is created from the winner's.
@@ -579,6 +563,7 @@ impl Job {
                 }
                 self.sched.on_header(now, conn, layout);
             }
+            Ok(None) => self.sched.on_follower_ready(now, conn),
             Err(reason) => self.sched.on_refused(now, conn, reason),
         }
     }
@@ -1007,7 +992,7 @@ impl Job {
                     .collect();
                 DownloadError::Unreachable { attempts, sources }
             }
-            other => DownloadError::AllSourcesFailed(other.to_string()),
+            other => DownloadError::AllSourcesFailed(other),
         }
     }
 
@@ -1036,15 +1021,5 @@ async fn recv_report(
     match reports {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Whether `pin` names the empty file (so that a mirror saying the file is empty may be
-/// right).
-fn pins_the_empty_file(pin: Pin) -> bool {
-    use sha2::Digest as _;
-    match pin {
-        Pin::Blake3(d) => d == *blake3::hash(b"").as_bytes(),
-        Pin::Sha256(d) => d[..] == sha2::Sha256::digest(b"")[..],
     }
 }

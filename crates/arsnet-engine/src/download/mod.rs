@@ -30,5 +30,5 @@ mod writer;
 pub use error::{ContentVote, DownloadError, Outcome, SourceFailure};
 pub use job::run_download;
 pub use progress::{Activity, Progress};
-pub use spec::{ContentHook, DownloadConfig, DownloadSpec, JobCommand, RecordContent};
-pub use writer::WriteError;
+pub use spec::{ContentHook, DownloadConfig, DownloadSpec, JobCommand, RecordContent, RecordError};
+pub use writer::{TaskFailure, WriteError};

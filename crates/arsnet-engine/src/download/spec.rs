@@ -63,7 +63,20 @@ impl Default for DownloadConfig {
 pub struct ContentHook(pub Arc<RecordContent>);
 
 /// The function behind a [`ContentHook`]: file name, content BLAKE3 → saved, or why not.
-pub type RecordContent = dyn Fn(&str, &Digest) -> Result<(), String> + Send + Sync;
+pub type RecordContent = dyn Fn(&str, &Digest) -> Result<(), RecordError> + Send + Sync;
+
+/// Why a [`ContentHook`] could not save a job's accepted content (the daemon's state file
+/// could not be written, say): the job must not write a byte it could not resume. The
+/// hook's own error is kept as the source, not flattened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl RecordError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        RecordError(error.into())
+    }
+}
 
 impl std::fmt::Debug for ContentHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -37,17 +37,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, DownloadError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| DownloadError::Task(e.to_string()))
+        .map_err(|e| DownloadError::Task(e.into()))
 }
 
 fn resume_error(e: StoreError) -> DownloadError {
-    DownloadError::Resume(e.to_string())
+    DownloadError::Resume(Arc::new(e))
 }
 
 /// Another handle on the job's directory, for a store call on the blocking pool.
 fn held(dir: &Dir) -> Result<Dir, DownloadError> {
-    dir.try_clone()
-        .map_err(|e| DownloadError::Dir(e.to_string()))
+    dir.try_clone().map_err(|e| DownloadError::Dir(Arc::new(e)))
 }
 
 /// Opens the download directory once for the whole job: created first when the caller is the
@@ -63,7 +62,7 @@ pub(crate) async fn open_dir(spec: &DownloadSpec) -> Result<Dir, DownloadError> 
             })?;
         }
         let mut dir =
-            Dir::open_expecting(&path, identity).map_err(|e| DownloadError::Dir(e.to_string()))?;
+            Dir::open_expecting(&path, identity).map_err(|e| DownloadError::Dir(Arc::new(e)))?;
         if let Some(uid) = caller_uid {
             dir.set_replace_owner(uid);
         }
@@ -161,7 +160,8 @@ fn log_adoption(spec: &DownloadSpec, manifest: &Manifest, adopted: &Adopted) {
 /// Saves the accepted name and content through the job's hook, before anything is written.
 fn record_content(spec: &DownloadSpec, manifest: &Manifest) -> Result<(), DownloadError> {
     match &spec.on_content {
-        Some(hook) => (hook.0)(&manifest.name, &manifest.root).map_err(DownloadError::ContentHook),
+        Some(hook) => (hook.0)(&manifest.name, &manifest.root)
+            .map_err(|e| DownloadError::ContentHook(Arc::new(e))),
         None => Ok(()),
     }
 }
@@ -186,7 +186,7 @@ pub(crate) async fn open_store(
         }
         Err(StoreError::TargetExists(path)) => Err(DownloadError::TargetExists(path)),
         Err(StoreError::PartialExists(path)) => Err(DownloadError::PartialExists(path)),
-        Err(e) => Err(DownloadError::Create(e.to_string())),
+        Err(e) => Err(DownloadError::Create(Arc::new(e))),
     }
 }
 

@@ -6,6 +6,7 @@
 //! when that channel is full).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arsnet_proto::control::Pin;
@@ -50,7 +51,7 @@ pub(crate) enum WriteMsg {
 }
 
 /// What the writer tells the job.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum WriteReport {
     Durable(u64),
     Finished(PathBuf),
@@ -62,20 +63,42 @@ pub(crate) enum WriteReport {
 }
 
 /// Why the writer stopped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
-    /// A store operation failed; the text names the file and the operation.
-    #[error("{0}")]
-    Store(String),
+    /// A store operation failed (it names the file and the operation). Shared, so that the
+    /// job can keep the error it reports.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
     #[error("storage task failed: {0}")]
-    Task(String),
+    Task(TaskFailure),
     #[error("storage is gone after an earlier failure")]
     Gone,
 }
 
 impl From<StoreError> for WriteError {
     fn from(e: StoreError) -> Self {
-        WriteError::Store(e.to_string())
+        WriteError::Store(Arc::new(e))
+    }
+}
+
+/// How a store operation on the blocking pool ended without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFailure {
+    /// The operation panicked (a bug: its state is not to be trusted).
+    #[error("a storage operation panicked")]
+    Panicked,
+    /// The runtime is shutting down and dropped it.
+    #[error("a storage operation was cancelled by the runtime shutting down")]
+    Cancelled,
+}
+
+impl From<tokio::task::JoinError> for TaskFailure {
+    fn from(e: tokio::task::JoinError) -> Self {
+        if e.is_panic() {
+            TaskFailure::Panicked
+        } else {
+            TaskFailure::Cancelled
+        }
     }
 }
 
@@ -141,7 +164,7 @@ async fn on_pool<S: Storage, T: Send + 'static>(
     .await;
     match joined {
         Ok((store, result)) => (Some(store), result.map_err(WriteError::from)),
-        Err(e) => (None, Err(WriteError::Task(e.to_string()))),
+        Err(e) => (None, Err(WriteError::Task(e.into()))),
     }
 }
 
@@ -152,7 +175,7 @@ async fn consume<S: Storage, T: Send + 'static>(
 ) -> Result<T, WriteError> {
     tokio::task::spawn_blocking(move || f(store))
         .await
-        .map_err(|e| WriteError::Task(e.to_string()))?
+        .map_err(|e| WriteError::Task(e.into()))?
 }
 
 /// The writer task's state: the store (absent while an operation runs on the blocking
@@ -430,8 +453,14 @@ mod tests {
             for s in 0..4 {
                 tx.send(disk.segment(s)).await.unwrap();
             }
-            assert_eq!(reports.recv().await, Some(WriteReport::Durable(2)));
-            assert_eq!(reports.recv().await, Some(WriteReport::Durable(2)));
+            assert!(matches!(
+                reports.recv().await,
+                Some(WriteReport::Durable(2))
+            ));
+            assert!(matches!(
+                reports.recv().await,
+                Some(WriteReport::Durable(2))
+            ));
             // Written, not yet committed (the batch is not full, the interval is long).
             tx.send(disk.segment(4)).await.unwrap();
             for _ in 0..1000 {
@@ -474,7 +503,7 @@ mod tests {
             cut_seen |= failed.is_some();
             if let Some(e) = &failed {
                 assert!(
-                    matches!(e, WriteError::Store(m) if m.contains("power cut")),
+                    matches!(e, WriteError::Store(m) if m.to_string().contains("power cut")),
                     "{e:?}"
                 );
             }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arsnet_engine::download::{run_download, ContentHook, DownloadSpec, Outcome, Progress};
+use arsnet_engine::download::{
+    run_download, ContentHook, DownloadSpec, Outcome, Progress, RecordError,
+};
 use arsnet_proto::control::{JobId, JobState, Update};
 use arsnet_proto::{Digest, JobTag};
 use tokio::sync::{mpsc, watch};
@@ -117,13 +119,15 @@ fn start(daemon: &Arc<Daemon>, inner: &mut Inner, id: JobId) {
 fn content_hook(daemon: &Arc<Daemon>, id: JobId) -> ContentHook {
     let daemon = Arc::downgrade(daemon);
     ContentHook(Arc::new(move |name: &str, content: &Digest| {
-        let daemon = daemon.upgrade().ok_or("the daemon is stopping")?;
+        let daemon = daemon
+            .upgrade()
+            .ok_or_else(|| RecordError::new("the daemon is stopping"))?;
         let mut inner = daemon.lock();
         if let Some(entry) = inner.jobs.get_mut(&id) {
             entry.name = Some(name.to_string());
             entry.content = Some(*content);
         }
-        daemon.persist(&inner).map_err(|e| e.to_string())
+        daemon.persist(&inner).map_err(RecordError::new)
     }))
 }
 
