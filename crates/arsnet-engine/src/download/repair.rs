@@ -19,7 +19,7 @@ use arsnet_proto::{Digest, Manifest, SourceAddr};
 
 use super::buffers::BufferPool;
 use super::end_check::Mismatch;
-use super::source::fetch_segment;
+use super::source::fetch_one;
 
 /// Rounds of repair a job tries before it fails: samples per suspect double each round.
 pub(crate) const MAX_ROUNDS: u32 = 4;
@@ -207,14 +207,12 @@ async fn judge(
 
 /// The digest of `segment` as `referee` serves it; `None` if it could not say.
 async fn ask(referees: &Referees, referee: usize, segment: u64) -> Option<Digest> {
-    let SourceAddr::Http { url } = referees.sources.get(referee)? else {
-        return None;
-    };
+    let addr = referees.sources.get(referee)?;
     let m = &referees.manifest;
-    let fetch = fetch_segment(&referees.client, url, m, segment, &referees.buffers);
+    let fetch = fetch_one(addr, &referees.client, m, segment, &referees.buffers);
     let data = tokio::time::timeout(referees.ask_timeout, fetch)
         .await
-        .ok()?
+        .ok()??
         .ok()?;
     let digest = digest_segment(m.size, m.segment_size, segment, &data);
     referees.buffers.give(data);

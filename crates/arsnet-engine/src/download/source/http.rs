@@ -368,7 +368,7 @@ impl SegmentRequest {
 /// Segment `segment` of `manifest` from the mirror at `url`, outside any scheduler
 /// connection (a referee asked by `repair`): the same checks as a scheduled request, except
 /// the validators, which a one-off request has none pinned of (the size still is).
-pub(crate) async fn fetch_segment(
+pub(super) async fn fetch_segment(
     client: &reqwest::Client,
     url: &reqwest::Url,
     manifest: &Arc<Manifest>,

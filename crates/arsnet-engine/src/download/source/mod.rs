@@ -7,9 +7,10 @@
 //!   arrives through the [`Link`] (segments, cancels, and bytes as they arrive);
 //! - the end of the connection, as a [`SourceError`].
 //!
-//! The connection task around a source ([`spawn`]) is shared, and [`spawn`] is the one place
-//! that looks at a [`SourceAddr`] to choose the implementation: an ArsNet server is
-//! [`arsnet`]; a new kind (an HTTP mirror) is one new module and one arm there.
+//! The connection task around a source ([`spawn`]) is shared, and [`spawn`] (with
+//! [`fetch_one`], a single segment asked of a referee) is the one place that looks at a
+//! [`SourceAddr`] to choose the implementation: an ArsNet server is [`arsnet`], an HTTP(S)
+//! mirror `http`; a new kind is one new module and one arm in each.
 //!
 //! A source keeps no scheduling timers: it reports bytes as they arrive ([`Link::progressed`]),
 //! the job feeds them to the scheduler, and the scheduler decides when silence has lasted too
@@ -20,7 +21,6 @@
 pub(crate) mod arsnet;
 mod http;
 
-pub(crate) use http::fetch_segment;
 mod seam;
 
 pub(crate) use seam::{Counters, Link, Source, SourceCommand, SourceError, SourceEvent};
@@ -68,8 +68,8 @@ impl Drop for SourceHandle {
     }
 }
 
-/// Starts a connection to `addr`, the `server`-th source of the job, as `conn`. The one
-/// place that dispatches on the kind of source.
+/// Starts a connection to `addr`, the `server`-th source of the job, as `conn`. With
+/// [`fetch_one`], the one place that dispatches on the kind of source.
 pub(crate) fn spawn(
     server: usize,
     conn: ConnId,
@@ -85,6 +85,25 @@ pub(crate) fn spawn(
             let source =
                 http::HttpMirror::new(url.clone(), ctx.http.clone(), ctx.mirror_connections);
             spawn_source(server, conn, source, ctx)
+        }
+    }
+}
+
+/// Segment `segment` of `manifest` from `addr`, asked once, outside any scheduler
+/// connection (a referee, by repair and the cross-check). `None` for a kind of source that
+/// is never asked so: an ArsNet server's segments are proven by its digest table as they
+/// arrive, so it is never a suspect, and a referee is only needed where none is.
+pub(crate) async fn fetch_one(
+    addr: &SourceAddr,
+    client: &reqwest::Client,
+    manifest: &Arc<Manifest>,
+    segment: u64,
+    buffers: &BufferPool,
+) -> Option<Result<Vec<u8>, SourceError>> {
+    match addr {
+        SourceAddr::ArsNet { .. } => None,
+        SourceAddr::Http { url } => {
+            Some(http::fetch_segment(client, url, manifest, segment, buffers).await)
         }
     }
 }
