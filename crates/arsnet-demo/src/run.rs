@@ -167,9 +167,10 @@ async fn stop_half_way(socket: PathBuf, id: JobId, victim: u16) {
             continue;
         };
         let done = info
+            .figures
             .size
             .filter(|&s| s > 0)
-            .map_or(0.0, |s| info.bytes_done as f64 / s as f64);
+            .map_or(0.0, |s| info.figures.bytes_done as f64 / s as f64);
         if info.state.is_terminal() {
             return;
         }

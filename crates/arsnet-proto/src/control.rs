@@ -335,6 +335,26 @@ pub struct SourceInfo {
     pub failures: u64,
 }
 
+/// What a download's run reached: the one list of a job's figures, which the engine
+/// reports, the daemon keeps across restarts and `status`/`list` show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunFigures {
+    /// The file's size, once a source told it.
+    pub size: Option<u64>,
+    pub segments_total: Option<u64>,
+    pub segments_done: u64,
+    /// Bytes of the file verified and stored (adopted ones included).
+    pub bytes_done: u64,
+    /// Segments taken over from a partial download (re-verified, not fetched again).
+    pub adopted_segments: u64,
+    /// What this run fetched and kept: `bytes_done` less what it adopted (a finished run's
+    /// average rate is of these bytes over `elapsed_ms`, not of bytes an earlier run
+    /// fetched).
+    pub fetched_bytes: u64,
+    /// How long the run has been (or was) going.
+    pub elapsed_ms: u64,
+}
+
 /// A download job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
@@ -342,13 +362,10 @@ pub struct JobInfo {
     pub state: JobState,
     pub dir: PathBuf,
     pub name: Option<String>,
-    pub size: Option<u64>,
-    pub segments_total: Option<u64>,
-    pub segments_done: u64,
-    pub bytes_done: u64,
-    pub adopted_segments: u64,
+    /// What the job's current (or, once it stopped, last) run reached.
+    pub figures: RunFigures,
+    /// While it runs, the rate now; after, the average of its last run.
     pub rate_bps: u64,
-    pub elapsed_ms: u64,
     pub sources: Vec<SourceInfo>,
     /// The accepted content's BLAKE3 hash (what `b3sum` prints for the finished file).
     #[serde(default)]

@@ -43,7 +43,7 @@ pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
 pub const MAX_SOURCES_PER_JOB: usize = 1024;
 
 /// Control protocol version (arsnetctl ↔ arsnetd).
-pub const CONTROL_VERSION: u16 = 4;
+pub const CONTROL_VERSION: u16 = 5;
 /// Largest control frame payload in bytes, enforced before any allocation.
 pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024;
 /// Once a control frame's first byte arrived, the rest must arrive within this long, so a

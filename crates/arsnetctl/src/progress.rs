@@ -120,14 +120,17 @@ fn header_line(info: &JobInfo) -> String {
 
 /// The total bar's text: bytes done / size, share, rate, and the ETA (or how long it took).
 fn total_text(info: &JobInfo) -> String {
-    let size = info.size.map_or_else(|| "?".into(), render::bytes);
-    let percent = match info.size {
+    let size = info.figures.size.map_or_else(|| "?".into(), render::bytes);
+    let percent = match info.figures.size {
         Some(0) => 100.0,
-        Some(size) => info.bytes_done as f64 * 100.0 / size as f64,
+        Some(size) => info.figures.bytes_done as f64 * 100.0 / size as f64,
         None => 0.0,
     };
-    let done = format!("{} / {size}  {percent:.1}%", render::bytes(info.bytes_done));
-    let elapsed = std::time::Duration::from_millis(info.elapsed_ms);
+    let done = format!(
+        "{} / {size}  {percent:.1}%",
+        render::bytes(info.figures.bytes_done)
+    );
+    let elapsed = std::time::Duration::from_millis(info.figures.elapsed_ms);
     if info.state == JobState::Completed {
         // After the end the daemon's rate is the run's average.
         return format!(
@@ -142,9 +145,9 @@ fn total_text(info: &JobInfo) -> String {
     } else {
         "-".into()
     };
-    let eta = match info.size {
+    let eta = match info.figures.size {
         Some(size) if running => {
-            let left = size.saturating_sub(info.bytes_done) / info.rate_bps;
+            let left = size.saturating_sub(info.figures.bytes_done) / info.rate_bps;
             render::duration(std::time::Duration::from_secs(left.max(1)))
         }
         _ => "-".into(),
@@ -305,10 +308,10 @@ impl Bars {
             |m, _, bar| m.insert_before(&total, bar),
         );
         // An unknown size draws an empty bar (indicatif shows a length of 0 as full).
-        let len = info.size.unwrap_or(1);
+        let len = info.figures.size.unwrap_or(1);
         job.total.update(|state| {
             state.set_len(len);
-            state.set_pos(info.bytes_done.min(len));
+            state.set_pos(info.figures.bytes_done.min(len));
         });
         job.total.set_message(total_text(info));
         // Lines updated in a burst may be rate-limited by indicatif; this draws them all as
@@ -409,13 +412,16 @@ mod tests {
             state,
             dir: "/tmp/out".into(),
             name: Some("f.bin".into()),
-            size: Some(4_000_000),
-            segments_total: Some(4),
-            segments_done: 1,
-            bytes_done: 1_000_000,
-            adopted_segments: 0,
+            figures: arsnet_proto::control::RunFigures {
+                size: Some(4_000_000),
+                segments_total: Some(4),
+                segments_done: 1,
+                bytes_done: 1_000_000,
+                adopted_segments: 0,
+                fetched_bytes: 1_000_000,
+                elapsed_ms: 2_000,
+            },
             rate_bps: 500_000,
-            elapsed_ms: 2_000,
             sources,
             content: None,
             verification: Default::default(),

@@ -32,9 +32,9 @@ pub fn state_text(state: &JobState) -> String {
 }
 
 fn percent(info: &JobInfo) -> f64 {
-    match info.size {
+    match info.figures.size {
         Some(0) => 100.0,
-        Some(size) => info.bytes_done as f64 * 100.0 / size as f64,
+        Some(size) => info.figures.bytes_done as f64 * 100.0 / size as f64,
         None => 0.0,
     }
 }
@@ -45,7 +45,7 @@ pub fn job_line(info: &JobInfo) -> String {
         info.id,
         info.state.label(),
         percent(info),
-        human_bytes(info.bytes_done),
+        human_bytes(info.figures.bytes_done),
         human_rate(info.rate_bps),
         info.name.as_deref().map_or_else(
             || info.dir.display().to_string(),
@@ -115,6 +115,7 @@ pub fn address_width(sources: &[arsnet_proto::control::SourceInfo]) -> usize {
 pub fn job_detail(info: &JobInfo) -> String {
     let mut out = String::new();
     let total = info
+        .figures
         .segments_total
         .map_or("?".to_string(), |t| t.to_string());
     out.push_str(&format!(
@@ -122,16 +123,16 @@ pub fn job_detail(info: &JobInfo) -> String {
         info.id,
         state_text(&info.state),
         percent(info),
-        info.segments_done,
+        info.figures.segments_done,
         total,
-        human_bytes(info.bytes_done),
-        info.size.map_or("?".to_string(), human_bytes),
+        human_bytes(info.figures.bytes_done),
+        info.figures.size.map_or("?".to_string(), human_bytes),
         human_rate(info.rate_bps),
-        info.elapsed_ms as f64 / 1000.0,
-        if info.adopted_segments > 0 {
+        info.figures.elapsed_ms as f64 / 1000.0,
+        if info.figures.adopted_segments > 0 {
             format!(
                 "  ({} segments adopted from journal)",
-                info.adopted_segments
+                info.figures.adopted_segments
             )
         } else {
             String::new()
@@ -196,7 +197,11 @@ pub fn completed_line(info: &JobInfo, pinned_sha256: bool) -> String {
         || info.dir.display().to_string(),
         |n| info.dir.join(n).display().to_string(),
     );
-    let size = info.size.map(human_bytes).unwrap_or_else(|| "?".into());
+    let size = info
+        .figures
+        .size
+        .map(human_bytes)
+        .unwrap_or_else(|| "?".into());
     let blake3 = info
         .content
         .as_ref()

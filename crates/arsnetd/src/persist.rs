@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arsnet_proto::control::{FetchSpec, GroupId, JobId, JobState, ServeSpec};
+use arsnet_proto::control::{FetchSpec, GroupId, JobId, JobState, RunFigures, ServeSpec};
 use arsnet_proto::{Digest, JobTag};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,8 @@ pub struct JobRecord {
     pub figures: Option<Figures>,
 }
 
-/// What a job's last run reached (see [`JobRecord::figures`]).
+/// What a job's last run reached (see [`JobRecord::figures`]): [`RunFigures`] as the state
+/// file keeps them, readable in the records of earlier releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Figures {
     pub size: Option<u64>,
@@ -54,6 +55,35 @@ pub struct Figures {
     /// records from before it was kept, which count `bytes_done` instead.
     #[serde(default)]
     pub fetched_bytes: Option<u64>,
+}
+
+impl From<RunFigures> for Figures {
+    fn from(f: RunFigures) -> Self {
+        Figures {
+            size: f.size,
+            segments_total: f.segments_total,
+            segments_done: f.segments_done,
+            bytes_done: f.bytes_done,
+            adopted_segments: f.adopted_segments,
+            elapsed_ms: f.elapsed_ms,
+            fetched_bytes: Some(f.fetched_bytes),
+        }
+    }
+}
+
+impl From<Figures> for RunFigures {
+    fn from(f: Figures) -> Self {
+        RunFigures {
+            size: f.size,
+            segments_total: f.segments_total,
+            segments_done: f.segments_done,
+            bytes_done: f.bytes_done,
+            adopted_segments: f.adopted_segments,
+            // A record from before `fetched_bytes` was kept: count what it had.
+            fetched_bytes: f.fetched_bytes.unwrap_or(f.bytes_done),
+            elapsed_ms: f.elapsed_ms,
+        }
+    }
 }
 
 /// One server group as persisted.

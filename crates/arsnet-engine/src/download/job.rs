@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::Pin;
+use arsnet_proto::control::{Pin, RunFigures};
 use arsnet_proto::manifest::digest_segment;
 use arsnet_proto::{JobTag, Manifest};
 use arsnet_sched::{
@@ -934,14 +934,16 @@ impl Job {
         Progress {
             activity,
             name: self.manifest.as_ref().map(|m| m.name.clone()),
-            size: self.manifest.as_ref().map(|m| m.size),
-            segments_total: self.sched.segment_count(),
-            segments_done: self.sched.segments_done(),
-            bytes_done: self.bytes_done,
-            adopted_segments: self.adopted,
-            fetched_bytes: self.bytes_done.saturating_sub(self.adopted_bytes),
+            figures: RunFigures {
+                size: self.manifest.as_ref().map(|m| m.size),
+                segments_total: self.sched.segment_count(),
+                segments_done: self.sched.segments_done(),
+                bytes_done: self.bytes_done,
+                adopted_segments: self.adopted,
+                fetched_bytes: self.bytes_done.saturating_sub(self.adopted_bytes),
+                elapsed_ms: self.started.elapsed().as_millis() as u64,
+            },
             rate_bps: sources.iter().map(|s| s.rate_bps).sum(),
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
             sources,
             content: self.manifest.as_ref().and_then(|m| self.shown_content(m)),
             owner_tag: self.owner_tag,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::{SourceInfo, SourceState};
+use arsnet_proto::control::{RunFigures, SourceInfo, SourceState};
 use arsnet_proto::{Digest, JobTag};
 use arsnet_sched::{Scheduler, ServerState};
 use tracing::info;
@@ -32,17 +32,8 @@ pub enum Activity {
 pub struct Progress {
     pub activity: Activity,
     pub name: Option<String>,
-    pub size: Option<u64>,
-    pub segments_total: Option<u64>,
-    pub segments_done: u64,
-    pub bytes_done: u64,
-    pub adopted_segments: u64,
-    /// What this run fetched and kept: `bytes_done` less what it adopted from the journal
-    /// (a finished run's average rate is of these bytes over `elapsed_ms`, not of bytes an
-    /// earlier run fetched).
-    pub fetched_bytes: u64,
+    pub figures: RunFigures,
     pub rate_bps: u64,
-    pub elapsed_ms: u64,
     pub sources: Vec<SourceInfo>,
     pub content: Option<Digest>,
     /// Tag of the partial files the job holds once it holds any.
@@ -156,8 +147,8 @@ pub(crate) fn log_metrics(job: arsnet_proto::control::JobId, progress: &Progress
     }
     info!(
         job,
-        done = progress.segments_done,
-        total = progress.segments_total.unwrap_or(0),
+        done = progress.figures.segments_done,
+        total = progress.figures.segments_total.unwrap_or(0),
         rate = %human_rate(progress.rate_bps),
         "job progress"
     );

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arsnet_proto::control::{encode_frame, JobInfo, JobState, Response, Update};
+use arsnet_proto::control::{encode_frame, JobInfo, JobState, Response, RunFigures, Update};
 
 use crate::util::*;
 
@@ -162,10 +162,14 @@ fn dir_owned_by(parent: &Path, name: &str, uid: u32) -> PathBuf {
 
 fn completed_job() -> JobInfo {
     JobInfo {
-        size: Some(1),
-        segments_total: Some(1),
-        segments_done: 1,
-        bytes_done: 1,
+        figures: RunFigures {
+            size: Some(1),
+            segments_total: Some(1),
+            segments_done: 1,
+            bytes_done: 1,
+            fetched_bytes: 1,
+            ..RunFigures::default()
+        },
         ..fake_job(1, JobState::Completed)
     }
 }

@@ -318,7 +318,7 @@ impl Latest {
         let newer = self
             .info
             .as_ref()
-            .is_none_or(|held| info.elapsed_ms >= held.elapsed_ms);
+            .is_none_or(|held| info.figures.elapsed_ms >= held.figures.elapsed_ms);
         if newer {
             self.info = Some(info);
             self.at = Instant::now();

@@ -127,12 +127,12 @@ fn job_families(x: &mut Exposition, jobs: &[JobInfo]) {
         (
             "arsnet_job_verified_bytes",
             "Bytes of the job's file verified and stored, adopted ones included.",
-            |j| Some(j.bytes_done),
+            |j| Some(j.figures.bytes_done),
         ),
         (
             "arsnet_job_size_bytes",
             "Size of the job's file, once a source told it.",
-            |j| j.size,
+            |j| j.figures.size,
         ),
         (
             "arsnet_job_rate_bytes_per_second",
@@ -142,17 +142,17 @@ fn job_families(x: &mut Exposition, jobs: &[JobInfo]) {
         (
             "arsnet_job_segments_done",
             "Segments of the job's file verified and stored.",
-            |j| Some(j.segments_done),
+            |j| Some(j.figures.segments_done),
         ),
         (
             "arsnet_job_segments",
             "Segments of the job's file, once known.",
-            |j| j.segments_total,
+            |j| j.figures.segments_total,
         ),
         (
             "arsnet_job_adopted_segments",
             "Segments taken over from a partial download's journal.",
-            |j| Some(j.adopted_segments),
+            |j| Some(j.figures.adopted_segments),
         ),
     ];
     for (name, help, value) in gauges {

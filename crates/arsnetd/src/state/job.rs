@@ -3,7 +3,7 @@
 
 use arsnet_engine::download::{JobCommand, Progress};
 use arsnet_proto::control::{
-    FetchSpec, JobId, JobInfo, Pin, SourceInfo, SourceState, Verification,
+    FetchSpec, JobId, JobInfo, Pin, RunFigures, SourceInfo, SourceState, Verification,
 };
 use arsnet_proto::{Digest, JobTag};
 use tokio::sync::{mpsc, watch};
@@ -59,17 +59,10 @@ impl JobEntry {
     /// aside on resume).
     pub fn restored(record: JobRecord, new_tag: impl FnOnce() -> JobTag) -> Self {
         let ran_before = record.resume || record.spec.resume;
-        let figures = record.figures.unwrap_or_default();
         let progress = Progress {
             name: record.name.clone(),
             content: shown_content(&record.spec, record.content),
-            size: figures.size,
-            segments_total: figures.segments_total,
-            segments_done: figures.segments_done,
-            bytes_done: figures.bytes_done,
-            adopted_segments: figures.adopted_segments,
-            fetched_bytes: figures.fetched_bytes.unwrap_or(figures.bytes_done),
-            elapsed_ms: figures.elapsed_ms,
+            figures: record.figures.map(RunFigures::from).unwrap_or_default(),
             ..Progress::default()
         };
         JobEntry {
@@ -101,19 +94,11 @@ impl JobEntry {
     }
 
     fn figures(&self) -> Figures {
-        let p = match &self.live {
-            Some(live) => live.progress.borrow().clone(),
-            None => self.progress.clone(),
+        let figures = match &self.live {
+            Some(live) => live.progress.borrow().figures,
+            None => self.progress.figures,
         };
-        Figures {
-            size: p.size,
-            segments_total: p.segments_total,
-            segments_done: p.segments_done,
-            bytes_done: p.bytes_done,
-            adopted_segments: p.adopted_segments,
-            elapsed_ms: p.elapsed_ms,
-            fetched_bytes: Some(p.fetched_bytes),
-        }
+        Figures::from(figures)
     }
 
     /// The engine's latest figures: live while it runs, else those of the last run.
@@ -150,18 +135,13 @@ impl JobEntry {
             state: self.lifecycle.state(p.activity),
             dir: self.spec.dir.clone(),
             name: p.name.or_else(|| self.name.clone()),
-            size: p.size,
-            segments_total: p.segments_total,
-            segments_done: p.segments_done,
-            bytes_done: p.bytes_done,
-            adopted_segments: p.adopted_segments,
+            figures: p.figures,
             // While it runs, the rate now; after, the average of its last run: what that run
             // fetched (not what it adopted from an earlier one) over how long it ran.
             rate_bps: match &self.live {
                 Some(_) => p.rate_bps,
-                None => average_rate(p.fetched_bytes, p.elapsed_ms),
+                None => average_rate(p.figures.fetched_bytes, p.figures.elapsed_ms),
             },
-            elapsed_ms: p.elapsed_ms,
             // A source's live state means nothing once the job stopped.
             sources: if self.live.is_some() {
                 p.sources
