@@ -87,7 +87,8 @@ struct Server {
     tries: u32,
     segments_done: u64,
     failures: u64,
-    /// Smoothed time this server takes per segment (first copies only), once measured.
+    /// Smoothed time this server takes per segment (first copies only), once measured; its
+    /// entry in `Servers::segment_times`.
     segment_time: Option<Duration>,
     /// The entry this server has in the timer index, if any.
     timer: Option<Duration>,
@@ -99,6 +100,8 @@ pub(crate) struct Servers {
     list: Vec<Server>,
     by_conn: HashMap<ConnId, ServerId>,
     timers: BTreeSet<(Duration, ServerId)>,
+    /// Every measured `Server::segment_time`, fastest first.
+    segment_times: BTreeSet<(Duration, ServerId)>,
     next_conn: u64,
     /// Servers that are Active or Connecting.
     live: usize,
@@ -132,6 +135,7 @@ impl Servers {
                 .collect(),
             by_conn: HashMap::new(),
             timers: BTreeSet::new(),
+            segment_times: BTreeSet::new(),
             next_conn: 1,
             live: 0,
             blamed: 0,
@@ -366,16 +370,23 @@ impl Servers {
             entry.segments_done = entry.segments_done.saturating_add(1);
             entry.attempt = 0;
             // Exponential average, 1/4 weight for the new sample.
-            entry.segment_time = Some(match entry.segment_time {
+            let time = match entry.segment_time {
                 Some(avg) => (avg * 3 + took) / 4,
                 None => took,
-            });
+            };
+            reindex(
+                &mut self.segment_times,
+                &mut entry.segment_time,
+                Some(time),
+                server,
+            );
         }
     }
 
-    /// The fastest per-segment time any server has shown so far.
+    /// The fastest per-segment time any server has shown so far. An index lookup, not a
+    /// scan, so that a deadline computed from it stays cheap with thousands of servers.
     pub(crate) fn best_segment_time(&self) -> Option<Duration> {
-        self.list.iter().filter_map(|s| s.segment_time).min()
+        self.segment_times.first().map(|&(time, _)| time)
     }
 
     /// Servers waiting out a backoff (for "retry now").
@@ -466,4 +477,23 @@ impl Servers {
             entry.timer = None;
         }
     }
+}
+
+/// Moves `server`'s entry in `index` from `*current` to `new`.
+fn reindex(
+    index: &mut BTreeSet<(Duration, ServerId)>,
+    current: &mut Option<Duration>,
+    new: Option<Duration>,
+    server: ServerId,
+) {
+    if *current == new {
+        return;
+    }
+    if let Some(old) = current.take() {
+        index.remove(&(old, server));
+    }
+    if let Some(at) = new {
+        index.insert((at, server));
+    }
+    *current = new;
 }
