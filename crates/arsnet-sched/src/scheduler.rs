@@ -638,8 +638,8 @@ impl Scheduler {
     }
 
     /// Time passed: reconnect servers whose backoff ended, drop stalled connections and
-    /// handshakes that took too long, silent connections (see [`Self::drop_silent`]) and, in
-    /// the tail, laggards.
+    /// handshakes that took too long, connections silent while others deliver
+    /// ([`DropReason::Silent`], see [`Config::laggard_factor`]) and, in the tail, laggards.
     pub fn on_tick(&mut self, now: Duration) {
         if self.complete {
             return;
