@@ -47,6 +47,11 @@ pub enum DropReason {
     /// In the job's tail, far slower on its segment than the fastest server (see
     /// `Config::laggard_factor`).
     TooSlow,
+    /// Segments were in flight but not a byte arrived for `laggard_factor` times the fastest
+    /// server's segment time (at least `laggard_floor`) while other connections kept
+    /// delivering: the server went quiet (a stopped process behind an open socket), at any
+    /// phase of the job. Retried like a stall.
+    Silent,
     /// Connecting, and silent for `handshake_timeout` before the header.
     HandshakeTimeout,
     /// The header names different content than the job's layout (server is blamed).

@@ -9,6 +9,9 @@ pub struct Config {
     /// Segments in flight per connection. Values below 1 behave as 1.
     pub pipeline_depth: usize,
     /// No progress for this long while segments are in flight means the connection stalled.
+    /// While other connections deliver, a silent one is dropped far sooner (see
+    /// `laggard_factor`); this is the bound when nobody delivers (a lone server, a network
+    /// that is down), where silence says nothing about any one server.
     pub stall_timeout: Duration,
     /// A `Connect` whose handshake was silent this long (no byte reported through
     /// `on_progress` since the connect or the last one, and no header) failed. Silence, not
@@ -29,8 +32,20 @@ pub struct Config {
     pub election_window: Duration,
     /// In the tail of a job, a connection on one segment for this many times the fastest
     /// server's per-segment time is dropped and its segments go to idle servers.
+    ///
+    /// The same limit drives the silence rule, in any phase of the job: a connection with
+    /// segments in flight that received not one byte for that long, while another
+    /// connection received data at least half that long after it went quiet, is dropped
+    /// ([`DropReason::Silent`]) and retried after the backoff, and its segments go to the
+    /// connections that deliver. A server that sent nothing for that long is no nearer
+    /// finishing than a laggard; requiring another to deliver meanwhile keeps a lone server
+    /// or a quiet network on the plain `stall_timeout`.
+    ///
+    /// [`DropReason::Silent`]: crate::DropReason::Silent
     pub laggard_factor: u32,
-    /// ...but never before it has been on that segment this long.
+    /// ...but never before it has been on that segment (or, for the silence rule, without
+    /// a byte) this long: the floor that keeps a fast job from dropping a server over a
+    /// hiccup shorter than a TCP retransmission or two.
     pub laggard_floor: Duration,
     /// Connection attempts a server gets before it is given up ([`ServerState::GaveUp`]),
     /// while it has never delivered a header and the job has no verified segment; 0 means

@@ -13,12 +13,14 @@
 //! more. Segments of a failed connection return to the pool at once and go straight to
 //! connections with free slots. When nothing is left to hand out, idle connections duplicate
 //! the oldest outstanding segments (endgame); the first verified copy wins and the others are
-//! cancelled. Failed servers reconnect after a doubling, capped backoff; servers that send bad
-//! data or a different header are blamed and never contacted again. A server that never
-//! answered is given up after `Config::max_tries` attempts while the job has no verified
-//! segment, and a job whose servers all gave up (or were blamed) fails with
-//! [`FailReason::Unreachable`] instead of waiting forever; a job holding verified data keeps
-//! retrying, since it is resumable.
+//! cancelled. A connection that sends nothing while others deliver (a stopped process behind
+//! an open socket) is dropped after the laggard limit, in any phase of the job, rather than
+//! after `stall_timeout`, which remains the bound when nobody delivers. Failed servers
+//! reconnect after a doubling, capped backoff; servers that send bad data or a different
+//! header are blamed and never contacted again. A server that never answered is given up
+//! after `Config::max_tries` attempts while the job has no verified segment, and a job whose
+//! servers all gave up (or were blamed) fails with [`FailReason::Unreachable`] instead of
+//! waiting forever; a job holding verified data keeps retrying, since it is resumable.
 //!
 //! Once the job is [`Phase::Complete`] the scheduler emits nothing more (not even cancels for
 //! copies still in flight): the driver closes every connection itself.

@@ -464,6 +464,11 @@ impl Scheduler {
             // silence clock restarts. (An active connection with nothing requested owes no
             // data; its clock restarts anyway when its pipeline fills.)
             c.last_progress = c.last_progress.max(now);
+            if c.active {
+                // Segment data: this connection is delivering, which is what lets the
+                // silence rule tell a quiet server from a quiet network.
+                c.last_data = Some(c.last_data.map_or(now, |at| at.max(now)));
+            }
         }
         self.servers.arm(server, &self.config);
     }
@@ -549,6 +554,7 @@ impl Scheduler {
         };
         if let Some(c) = self.servers.conn_mut(server) {
             c.last_progress = now;
+            c.last_data = Some(now);
         }
         let verdict = self.complete_segment(server, slot, now);
         self.fill(server, now);
@@ -632,7 +638,8 @@ impl Scheduler {
     }
 
     /// Time passed: reconnect servers whose backoff ended, drop stalled connections and
-    /// handshakes that took too long.
+    /// handshakes that took too long, connections silent while others deliver
+    /// ([`DropReason::Silent`], see [`Config::laggard_factor`]) and, in the tail, laggards.
     pub fn on_tick(&mut self, now: Duration) {
         if self.complete {
             return;
@@ -649,8 +656,103 @@ impl Scheduler {
         for server in due {
             self.expire(server, now);
         }
+        // Silence before slowness: a connection that is both is reported for what it did.
+        self.drop_silent(now);
         self.drop_laggards(now);
         self.settle(now);
+    }
+
+    /// How long an active connection owed data may go without a byte while others deliver,
+    /// when the silence rule applies now: the laggard limit, `laggard_factor` times the
+    /// fastest server's segment time and at least `laggard_floor` (a server that sent
+    /// nothing for that long is no nearer finishing its segment than a laggard), once that
+    /// time is measured, and never while the storage is busy (the driver reads no
+    /// connection then: their silence is ours, not the servers').
+    fn silence_limit(&self) -> Option<Duration> {
+        if self.job.is_none() || self.servers.storage_busy() {
+            return None;
+        }
+        let best = self.servers.best_segment_time()?;
+        Some(
+            best.saturating_mul(self.config.laggard_factor)
+                .max(self.config.laggard_floor),
+        )
+    }
+
+    /// Calls `visit(due, server, quiet_since)` for each connection the silence rule drops
+    /// (once `due`), earliest first, until `visit` returns false.
+    ///
+    /// A connection is silent when it has been owed data and heard nothing for longer than
+    /// the [silence limit](Self::silence_limit), and another active connection received data
+    /// at least half that limit after this one last did. That second clause is what makes
+    /// it *relative*: a quiet network, a lone server, or every server stopping at once (their
+    /// last bytes a moment apart) drop nobody, and the plain `stall_timeout` applies. It
+    /// depends on no clock, only on what was reported, so a deadline reported here is acted
+    /// on by any tick at or after it (however late: no spin), and it changes only on events.
+    ///
+    /// The connection data arrived on last is never silent (nobody delivered after it);
+    /// every other one compares against it, so once a candidate (quietest first) fails, all
+    /// the later ones do: the walk stops there, and costs O(log n) in `next_deadline`.
+    fn each_silent(&self, mut visit: impl FnMut(Duration, ServerId, Duration) -> bool) {
+        let Some(limit) = self.silence_limit() else {
+            return;
+        };
+        let Some((loudest, heard)) = self.servers.loudest() else {
+            return;
+        };
+        let half = limit / 2;
+        for (since, server) in self.servers.quiet() {
+            if server == loudest {
+                continue;
+            }
+            if heard < since.saturating_add(half) {
+                break;
+            }
+            // Strictly longer than the limit, like the laggard rule.
+            let due = since
+                .saturating_add(limit)
+                .saturating_add(Duration::from_nanos(1));
+            if !visit(due, server, since) {
+                return;
+            }
+        }
+    }
+
+    /// When the first silent connection is due, so that [`Self::next_deadline`] wakes the
+    /// driver for it (the rule runs from `on_tick`).
+    fn next_silent(&self) -> Option<Duration> {
+        let mut first = None;
+        self.each_silent(|due, _, _| {
+            first = Some(due);
+            false
+        });
+        first
+    }
+
+    /// Drops every connection that is silent (see [`Self::each_silent`]) at `now`, so that its
+    /// segments go back to Missing and to the connections that deliver, in any phase of the
+    /// job: a server stopped behind an open socket would otherwise hold them until the tail
+    /// (laggards) or `stall_timeout`. Its server is retried after the backoff like a
+    /// stalled one, so a server that wakes up serves again.
+    fn drop_silent(&mut self, now: Duration) {
+        let mut silent = Vec::new();
+        self.each_silent(|due, server, since| {
+            if due > now {
+                return false;
+            }
+            silent.push((server, now.saturating_sub(since)));
+            true
+        });
+        for (server, quiet) in silent {
+            self.drop_conn(
+                server,
+                now,
+                Some(DropReason::Silent),
+                Fate::Retry(format!(
+                    "silent: no data for {quiet:?} while others deliver"
+                )),
+            );
+        }
     }
 
     /// In the tail of a job (servers with free slots, nothing left to hand them), a
@@ -738,10 +840,15 @@ impl Scheduler {
             return None;
         }
         let election = self.election.as_ref().map(|e| e.deadline);
-        [self.servers.next_deadline(), election, self.next_laggard()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.servers.next_deadline(),
+            election,
+            self.next_laggard(),
+            self.next_silent(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Where the job stands.

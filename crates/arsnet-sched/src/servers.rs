@@ -1,7 +1,9 @@
 //! Per-server bookkeeping: each server's state, its one current connection and that
-//! connection's pipeline slots, the live-connection index used to spot stale ids, and the
-//! timer index behind `next_deadline`. State changes go through this module so that the
-//! counters the job phase is computed from and the timers can never drift from the states.
+//! connection's pipeline slots, the live-connection index used to spot stale ids, the
+//! timer index behind `next_deadline`, and the two indices the silence rule reads (who is
+//! owed data and quiet since when, who heard data last). State changes go through this
+//! module so that the counters the job phase is computed from, the timers and the indices
+//! can never drift from the states.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -35,8 +37,13 @@ pub(crate) struct Conn {
     pub(crate) waiting_for_table: bool,
     pub(crate) slots: Vec<Slot>,
     /// Last time data arrived (handshake bytes included), or the pipeline went from empty
-    /// to busy; the clock of both the handshake and the stall deadline.
+    /// to busy; the clock of the handshake and stall deadlines and of the silence rule.
     pub(crate) last_progress: Duration,
+    /// Last time data arrived while the connection was Active; `None` before any. Unlike
+    /// `last_progress` it never moves without bytes (a refill, an activation, the storage
+    /// catching up), so it says whether the connection is *delivering*: the silence rule
+    /// drops a quiet connection only while another one is.
+    pub(crate) last_data: Option<Duration>,
     /// When the connection last delivered a whole segment (or was accepted): how long it is
     /// taking for its current one, measured against the job's fastest (see `laggards`).
     pub(crate) last_delivery: Duration,
@@ -87,10 +94,15 @@ struct Server {
     tries: u32,
     segments_done: u64,
     failures: u64,
-    /// Smoothed time this server takes per segment (first copies only), once measured.
+    /// Smoothed time this server takes per segment (first copies only), once measured; its
+    /// entry in `Servers::segment_times`.
     segment_time: Option<Duration>,
     /// The entry this server has in the timer index, if any.
     timer: Option<Duration>,
+    /// Its entry in `Servers::quiet`, if any.
+    quiet: Option<Duration>,
+    /// Its entry in `Servers::heard`, if any.
+    heard: Option<Duration>,
 }
 
 /// All servers of a job.
@@ -99,6 +111,15 @@ pub(crate) struct Servers {
     list: Vec<Server>,
     by_conn: HashMap<ConnId, ServerId>,
     timers: BTreeSet<(Duration, ServerId)>,
+    /// Active connections owed data (segments in flight), by their silence clock
+    /// (`Conn::last_progress`): the silence rule's candidates, quietest first. Kept as an
+    /// index so that `next_deadline` stays cheap with thousands of servers.
+    quiet: BTreeSet<(Duration, ServerId)>,
+    /// Active connections that received data, by when they last did (`Conn::last_data`):
+    /// whether anybody is delivering, without a scan.
+    heard: BTreeSet<(Duration, ServerId)>,
+    /// Every measured `Server::segment_time`, fastest first.
+    segment_times: BTreeSet<(Duration, ServerId)>,
     next_conn: u64,
     /// Servers that are Active or Connecting.
     live: usize,
@@ -128,10 +149,15 @@ impl Servers {
                     segments_done: 0,
                     failures: 0,
                     timer: None,
+                    quiet: None,
+                    heard: None,
                 })
                 .collect(),
             by_conn: HashMap::new(),
             timers: BTreeSet::new(),
+            quiet: BTreeSet::new(),
+            heard: BTreeSet::new(),
+            segment_times: BTreeSet::new(),
             next_conn: 1,
             live: 0,
             blamed: 0,
@@ -224,6 +250,7 @@ impl Servers {
                 self.blamed.saturating_sub(1)
             };
         }
+        self.index(server);
     }
 
     /// Starts a new connection attempt for `server` (which must have none), returning its id.
@@ -245,6 +272,7 @@ impl Servers {
             waiting_for_table: false,
             slots: Vec::new(),
             last_progress: now,
+            last_data: None,
             last_delivery: now,
         });
         self.by_conn.insert(id, server);
@@ -282,6 +310,7 @@ impl Servers {
     pub(crate) fn close(&mut self, server: ServerId) -> Option<Conn> {
         let conn = self.list.get_mut(server)?.conn.take()?;
         self.by_conn.remove(&conn.id);
+        self.index(server);
         Some(conn)
     }
 
@@ -366,16 +395,23 @@ impl Servers {
             entry.segments_done = entry.segments_done.saturating_add(1);
             entry.attempt = 0;
             // Exponential average, 1/4 weight for the new sample.
-            entry.segment_time = Some(match entry.segment_time {
+            let time = match entry.segment_time {
                 Some(avg) => (avg * 3 + took) / 4,
                 None => took,
-            });
+            };
+            reindex(
+                &mut self.segment_times,
+                &mut entry.segment_time,
+                Some(time),
+                server,
+            );
         }
     }
 
-    /// The fastest per-segment time any server has shown so far.
+    /// The fastest per-segment time any server has shown so far. An index lookup, not a
+    /// scan, so that a deadline computed from it stays cheap with thousands of servers.
     pub(crate) fn best_segment_time(&self) -> Option<Duration> {
-        self.list.iter().filter_map(|s| s.segment_time).min()
+        self.segment_times.first().map(|&(time, _)| time)
     }
 
     /// Servers waiting out a backoff (for "retry now").
@@ -391,6 +427,9 @@ impl Servers {
     /// stall deadline while Active with segments in flight. No silence timer runs while the
     /// storage is busy.
     pub(crate) fn arm(&mut self, server: ServerId, config: &Config) {
+        // Every change to a connection's clocks or slots is followed by `arm`: the silence
+        // indices are re-derived here, like the timer.
+        self.index(server);
         let busy = self.storage_busy;
         let Some(entry) = self.list.get_mut(server) else {
             return;
@@ -417,6 +456,34 @@ impl Servers {
             self.timers.insert((at, server));
         }
         entry.timer = due;
+    }
+
+    /// Re-derives the server's entries in the silence indices from its connection: in
+    /// `quiet` while Active with segments in flight, in `heard` while Active once data
+    /// arrived.
+    fn index(&mut self, server: ServerId) {
+        let Some(entry) = self.list.get_mut(server) else {
+            return;
+        };
+        let active = matches!(entry.state, ServerState::Active);
+        let conn = entry.conn.as_ref().filter(|c| active && c.active);
+        let quiet = conn
+            .filter(|c| !c.slots.is_empty())
+            .map(|c| c.last_progress);
+        let heard = conn.and_then(|c| c.last_data);
+        reindex(&mut self.quiet, &mut entry.quiet, quiet, server);
+        reindex(&mut self.heard, &mut entry.heard, heard, server);
+    }
+
+    /// Active connections owed data, quietest first: when each was last heard from (or
+    /// given work while idle), and its server.
+    pub(crate) fn quiet(&self) -> impl Iterator<Item = (Duration, ServerId)> + '_ {
+        self.quiet.iter().copied()
+    }
+
+    /// The active connection data arrived on most recently: its server, and when.
+    pub(crate) fn loudest(&self) -> Option<(ServerId, Duration)> {
+        self.heard.last().map(|&(at, server)| (server, at))
     }
 
     /// Whether the storage is busy (see [`Servers::set_storage_busy`]).
@@ -459,11 +526,104 @@ impl Servers {
         self.timers.first().map(|&(at, _)| at)
     }
 
-    /// Forgets every timer (the job is over).
+    /// Forgets every timer and silence index entry (the job is over).
     pub(crate) fn clear_timers(&mut self) {
         self.timers.clear();
+        self.quiet.clear();
+        self.heard.clear();
         for entry in &mut self.list {
             entry.timer = None;
+            entry.quiet = None;
+            entry.heard = None;
         }
+    }
+}
+
+/// Moves `server`'s entry in `index` from `*current` to `new`.
+fn reindex(
+    index: &mut BTreeSet<(Duration, ServerId)>,
+    current: &mut Option<Duration>,
+    new: Option<Duration>,
+    server: ServerId,
+) {
+    if *current == new {
+        return;
+    }
+    if let Some(old) = current.take() {
+        index.remove(&(old, server));
+    }
+    if let Some(at) = new {
+        index.insert((at, server));
+    }
+    *current = new;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Entries = Vec<(Duration, ServerId)>;
+
+    /// The `quiet` and `heard` indices, in order.
+    fn indexed(servers: &Servers) -> (Entries, Entries) {
+        (
+            servers.quiet.iter().copied().collect(),
+            servers.heard.iter().copied().collect(),
+        )
+    }
+
+    #[test]
+    fn silence_indices_follow_the_connection() {
+        let config = Config::default();
+        let ms = Duration::from_millis;
+        let mut servers = Servers::new(2);
+        servers.open(0, ms(0));
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![], vec![]), "connecting: neither");
+        servers.activate(0, ms(10));
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![], vec![]), "idle, nothing heard");
+        let conn = servers.conn_mut(0).expect("open");
+        conn.slots.push(Slot {
+            segment: 0,
+            cancelling: false,
+            requested_at: ms(10),
+        });
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![(ms(10), 0)], vec![]), "owed data");
+        let conn = servers.conn_mut(0).expect("open");
+        conn.last_progress = ms(20);
+        conn.last_data = Some(ms(20));
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![(ms(20), 0)], vec![(ms(20), 0)]));
+        assert_eq!(servers.loudest(), Some((0, ms(20))));
+        // Busy storage stops the timers, not the bookkeeping (the rule checks it itself).
+        servers.set_storage_busy(true, ms(30), &config);
+        assert_eq!(indexed(&servers), (vec![(ms(20), 0)], vec![(ms(20), 0)]));
+        servers.set_storage_busy(false, ms(40), &config);
+        assert_eq!(indexed(&servers), (vec![(ms(40), 0)], vec![(ms(20), 0)]));
+        servers.conn_mut(0).expect("open").slots.clear();
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![], vec![(ms(20), 0)]), "idle again");
+        servers.close(0);
+        servers.fail(0, ms(50), "gone".into(), &config, false);
+        servers.arm(0, &config);
+        assert_eq!(indexed(&servers), (vec![], vec![]), "closed: neither");
+        assert_eq!(servers.loudest(), None);
+    }
+
+    #[test]
+    fn the_fastest_segment_time_follows_every_update() {
+        let ms = Duration::from_millis;
+        let mut servers = Servers::new(2);
+        assert_eq!(servers.best_segment_time(), None);
+        servers.count_store(0, ms(100));
+        servers.count_store(1, ms(200));
+        assert_eq!(servers.best_segment_time(), Some(ms(100)));
+        // Server 0 slows down (average 3/4 old + 1/4 new): 100 -> 300 -> 450.
+        servers.count_store(0, ms(900));
+        servers.count_store(0, ms(900));
+        assert_eq!(servers.best_segment_time(), Some(ms(200)));
+        assert_eq!(servers.segment_times.len(), 2, "one entry per server");
     }
 }

@@ -7,5 +7,6 @@ mod followers;
 mod giving_up;
 mod props;
 mod scenarios;
+mod silence;
 mod timing;
 mod world;
