@@ -47,9 +47,13 @@ impl TokenBucket {
         }
     }
 
-    /// The largest chunk a sender should write between two `acquire` calls.
+    /// The largest chunk a sender should write between two `acquire` calls: a quarter
+    /// second's worth (at least 1 KiB, at most 256 KiB), so that a throttled server sends
+    /// steadily however low its rate. A chunk of the whole burst would leave a slow server
+    /// quiet for seconds between writes (64 KiB at 13 KiB/s: 5 s), and a client rightly
+    /// drops a connection that is silent that long while its other sources deliver.
     pub fn chunk_size(&self) -> usize {
-        (self.burst as usize).clamp(4096, 256 * 1024)
+        ((self.rate / 4.0) as usize).clamp(1024, 256 * 1024)
     }
 }
 
@@ -96,6 +100,17 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_bucket_sends_a_quarter_second_at_a_time() {
+        for rate in [4_096u64, 13_000, 100_000, 1 << 20] {
+            let chunk = TokenBucket::new(rate).chunk_size() as f64;
+            let gap = chunk / rate as f64;
+            assert!(gap <= 0.25 + 1e-9, "{rate} B/s: {chunk} B every {gap} s");
+        }
+        assert_eq!(TokenBucket::new(u64::MAX / 2).chunk_size(), 256 * 1024);
+        assert_eq!(TokenBucket::new(1).chunk_size(), 1024);
+    }
 
     #[test]
     fn meter_tracks_a_steady_counter() {
