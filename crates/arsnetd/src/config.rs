@@ -64,6 +64,9 @@ pub struct Args {
 pub struct DownloadSection {
     pub pipeline_depth: usize,
     pub stall_timeout_secs: u64,
+    /// How long a connection may be silent while other sources deliver (see
+    /// `DownloadConfig::silence_timeout`).
+    pub silence_timeout_ms: u64,
     pub connect_timeout_secs: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_secs: u64,
@@ -85,6 +88,7 @@ impl Default for DownloadSection {
         DownloadSection {
             pipeline_depth: d.pipeline_depth,
             stall_timeout_secs: d.stall_timeout.as_secs(),
+            silence_timeout_ms: d.silence_timeout.as_millis() as u64,
             connect_timeout_secs: d.connect_timeout.as_secs(),
             backoff_initial_ms: d.backoff_initial.as_millis() as u64,
             backoff_max_secs: d.backoff_max.as_secs(),
@@ -310,6 +314,7 @@ impl Config {
         // Zero would mean "time out at once" (or, for the backoff, reconnect in a busy loop).
         for (name, value) in [
             ("download.stall_timeout_secs", d.stall_timeout_secs),
+            ("download.silence_timeout_ms", d.silence_timeout_ms),
             ("download.connect_timeout_secs", d.connect_timeout_secs),
             ("download.backoff_initial_ms", d.backoff_initial_ms),
             ("download.backoff_max_secs", d.backoff_max_secs),
@@ -324,6 +329,11 @@ impl Config {
         }
         for (name, value, max) in [
             ("download.stall_timeout_secs", d.stall_timeout_secs, 3600),
+            (
+                "download.silence_timeout_ms",
+                d.silence_timeout_ms,
+                3_600_000,
+            ),
             ("download.connect_timeout_secs", d.connect_timeout_secs, 600),
             ("download.backoff_initial_ms", d.backoff_initial_ms, 600_000),
             ("download.backoff_max_secs", d.backoff_max_secs, 3600),
@@ -379,6 +389,7 @@ impl Config {
         DownloadConfig {
             pipeline_depth: d.pipeline_depth,
             stall_timeout: Duration::from_secs(d.stall_timeout_secs.max(1)),
+            silence_timeout: Duration::from_millis(d.silence_timeout_ms.max(1)),
             connect_timeout: Duration::from_secs(d.connect_timeout_secs.max(1)),
             backoff_initial: Duration::from_millis(d.backoff_initial_ms.max(10)),
             backoff_max: Duration::from_secs(d.backoff_max_secs.max(1)),

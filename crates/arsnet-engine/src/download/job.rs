@@ -112,6 +112,7 @@ fn sched_config(spec: &DownloadSpec) -> SchedConfig {
     SchedConfig {
         pipeline_depth: c.pipeline_depth,
         stall_timeout: c.stall_timeout,
+        laggard_floor: c.silence_timeout,
         // The longest a source may stay silent before its header: it covers the TCP
         // connect and every handshake frame (a long digest table reports progress frame by
         // frame, so only silence times it out).

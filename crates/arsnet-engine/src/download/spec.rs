@@ -15,6 +15,12 @@ use super::identity::required_content;
 pub struct DownloadConfig {
     pub pipeline_depth: usize,
     pub stall_timeout: Duration,
+    /// A connection that receives nothing for this long (or for 8 times the fastest
+    /// source's segment time, if longer) while other sources deliver is dropped, and its
+    /// segments go to the others at once; in the tail, so is one on one segment that long.
+    /// See `arsnet_sched::Config::laggard_floor`. Raise it for sources slow to send a first
+    /// byte.
+    pub silence_timeout: Duration,
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -42,6 +48,8 @@ impl Default for DownloadConfig {
         DownloadConfig {
             pipeline_depth: 4,
             stall_timeout: Duration::from_secs(15),
+            // One default, the scheduler's.
+            silence_timeout: arsnet_sched::Config::default().laggard_floor,
             connect_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
