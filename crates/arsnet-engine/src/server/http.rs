@@ -279,7 +279,15 @@ fn file_body(
                 return None;
             }
             activity.set(Phase::Working);
-            let want = usize::try_from(end - pos).unwrap_or(CHUNK).min(CHUNK);
+            // A throttled port reads what it may send in a quarter second, so that a slow
+            // port sends steadily (see `TokenBucket::chunk_size`).
+            let chunk_max = port
+                .bucket
+                .as_ref()
+                .map_or(CHUNK, |b| b.chunk_size().min(CHUNK));
+            let want = usize::try_from(end - pos)
+                .unwrap_or(chunk_max)
+                .min(chunk_max);
             let chunk = read_chunk(served.clone(), pos, want).await;
             let chunk = match chunk {
                 Ok(data) if data.len() == want && served.unchanged() => data,
