@@ -749,7 +749,8 @@ impl Scheduler {
                 now,
                 Some(DropReason::Silent),
                 Fate::Retry(format!(
-                    "silent: no data for {quiet:?} while others deliver"
+                    "silent: no data for {:.1} s while others deliver",
+                    quiet.as_secs_f64()
                 )),
             );
         }

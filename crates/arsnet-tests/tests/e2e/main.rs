@@ -17,5 +17,6 @@ mod progress_display;
 mod restart_figures;
 mod server_abuse;
 mod service;
+mod silence;
 mod socket_trust;
 mod util;
