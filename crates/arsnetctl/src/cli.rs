@@ -48,8 +48,14 @@ fn rate(s: &str) -> Result<u64, String> {
     arsnet_proto::units::parse_rate(s).map_err(|e| e.to_string())
 }
 
-fn duration(s: &str) -> Result<std::time::Duration, String> {
-    arsnet_proto::units::parse_duration(s).map_err(|e| e.to_string())
+/// A `--timeout`: a duration, and not zero (which would give up before the first answer,
+/// and is more likely a typo than a wish).
+fn timeout(s: &str) -> Result<std::time::Duration, String> {
+    match arsnet_proto::units::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?} is no time to wait: give at least 1s")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn any_port(s: &str) -> Result<u16, String> {
@@ -167,7 +173,7 @@ pub struct ServeArgs {
     /// Bandwidth limit of each virtual server, per second: bytes, or with a unit as curl,
     /// wget and aria2 read it — 512K, 5M, 1G (binary: KiB/MiB/GiB), 5MiB, 5MB (decimal),
     /// 40Mbit (bits).
-    #[arg(long, value_name = "RATE", value_parser = rate)]
+    #[arg(long, value_name = "RATE", value_parser = rate, allow_hyphen_values = true)]
     pub rate: Option<u64>,
     /// Also answer plain HTTP/1.1 on every port (GET/HEAD of / or /NAME, with Range; ETag is
     /// the file's BLAKE3), so that curl, a browser, aria2 or an ArsNet fetch's `--source
@@ -217,7 +223,13 @@ pub struct FetchArgs {
     pub wait: bool,
     /// With --wait: stop waiting after this long (90s, 5m, 2h; exit code 7). The job
     /// continues in the daemon.
-    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "wait",
+        value_parser = timeout,
+        allow_hyphen_values = true
+    )]
     pub timeout: Option<std::time::Duration>,
     /// Replace DIR/NAME if it already exists (only a regular file of the daemon's user).
     #[arg(long)]
@@ -256,7 +268,7 @@ pub struct WatchArgs {
     #[arg(short = 'i', value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(INTERVAL_SECS))]
     pub interval: u64,
     /// Stop watching after this long (90s, 5m, 2h; exit code 7). The job continues.
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = timeout, allow_hyphen_values = true)]
     pub timeout: Option<std::time::Duration>,
     /// Print nothing but errors (on stderr); the exit code still tells the outcome. Not
     /// with --json.

@@ -7,6 +7,7 @@
 //! Architecture Invariant: `cargo tree -p arsnetctl -e normal` contains neither
 //! `arsnet-engine` nor `arsnetd` (the architecture tests check it).
 
+pub mod again;
 pub mod cli;
 pub mod commands;
 pub mod exit;

@@ -22,6 +22,12 @@ fn main() -> std::process::ExitCode {
                 let text = text.join(" ");
                 json::print(serde_json::json!({ "error": { "exit": 2, "message": text } }));
             }
+            if !e.use_stderr() {
+                // Help and version go through the one stdout writer, so a closed stdout
+                // ends this like every other command (SIGPIPE), not with a silent 0.
+                out::text(&e.render().to_string());
+                return exit::Exit::Ok.into();
+            }
             e.exit()
         }
     };

@@ -4,6 +4,7 @@
 //! finished job reached survives restarts.
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -194,6 +195,35 @@ fn a_closed_stdout_ends_streaming_commands_like_coreutils() {
     assert_eq!(job_state(&s.client.status(1)), "running");
 }
 
+#[test]
+fn help_to_a_stdout_already_closed_ends_by_sigpipe_too() {
+    for args in [&["--help"][..], &["fetch", "--help"], &["--json", "--help"]] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors we then own; the read end is closed at once,
+        // so the child's first write to stdout meets EPIPE.
+        let stdout = unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            libc::close(fds[0]);
+            std::os::fd::OwnedFd::from_raw_fd(fds[1])
+        };
+        let out = Command::new(bin("arsnetctl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run arsnetctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 /// Spawns `arsnetctl --socket SOCKET --json ARGS` (stdout and stderr piped) and returns once
 /// it printed its first document: the daemon has answered its subscription, so whatever the
 /// test does next happens during the wait, however slowly the command started. The reader
@@ -267,11 +297,13 @@ fn a_daemon_that_stops_during_a_wait_leaves_a_hint() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let id = 1;
+    // Pasted as they are, the commands reach this daemon, not the default one.
+    let ctl = format!("arsnetctl --socket {}", s.client.socket.display());
     for hint in [
         "continues when arsnetd runs again".to_string(),
-        format!("`arsnetctl status {id}`"),
-        format!("`arsnetctl resume {id}` resumes it"),
-        format!("`arsnetctl cancel {id}` stops it"),
+        format!("`{ctl} status {id}`"),
+        format!("`{ctl} resume {id}` resumes it"),
+        format!("`{ctl} cancel {id}` stops it"),
     ] {
         assert!(stderr.contains(&hint), "{hint:?} in {stderr}");
     }
@@ -452,6 +484,34 @@ fn odd_inputs_and_failed_ends_keep_to_the_schema_and_the_exit_table() {
     let docs = conforming(&v, "a missing argument", &missing.stdout);
     let message = docs[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains("-p <PORT>"), "{message}");
+    // A negative rate or timeout gets the value's own message, not clap's "unexpected
+    // argument"; a zero timeout is a usage error, not a wait that ends at once.
+    for (args, said) in [
+        (
+            &[
+                "serve",
+                "-n",
+                "1",
+                "-f",
+                "/etc/hostname",
+                "-p",
+                "40000",
+                "--rate",
+                "-1",
+            ][..],
+            "is not a rate",
+        ),
+        (&["watch", "--timeout", "-1"][..], "-1"),
+        (&["watch", "--timeout", "0s"][..], "no time to wait"),
+    ] {
+        let out = d.ctl(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(said) && !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+    }
     // A timeout too long for the clock is no timeout, not a panic.
     let out = ctl_within(
         &d,
@@ -745,7 +805,8 @@ fn ctrl_c_before_the_daemon_answers_still_gets_the_hint() {
     let (status, stderr) = interrupt(child);
     assert_eq!(status.code(), Some(130), "{status:?}: {stderr}");
     assert!(
-        stderr.contains("before arsnetd answered") && stderr.contains("arsnetctl list"),
+        stderr.contains("before arsnetd answered")
+            && stderr.contains(&format!("`arsnetctl --socket {} list`", socket.display())),
         "{stderr}"
     );
 }
@@ -837,7 +898,7 @@ fn watch_without_an_id_leaves_a_hint_when_the_daemon_dies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("every job is saved and continues when arsnetd runs again")
-            && stderr.contains("`arsnetctl list`"),
+            && stderr.contains(&format!("`arsnetctl --socket {} list`", d.socket.display())),
         "{stderr}"
     );
 }

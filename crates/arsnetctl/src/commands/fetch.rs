@@ -90,7 +90,7 @@ fn read_ca_certs(files: &[std::path::PathBuf]) -> Result<Vec<String>, Failure> {
 fn interrupted_before_the_answer() -> Failure {
     Failure::new(
         Exit::Interrupted,
-        "stopped (interrupted) before arsnetd answered; if the download was queued it continues in the daemon: `arsnetctl list` shows it, `arsnetctl cancel ID` stops it",
+        format!("stopped (interrupted) before arsnetd answered; if the download was queued it continues in the daemon: `{ctl} list` shows it, `{ctl} cancel ID` stops it", ctl = crate::again::ctl()),
     )
 }
 

@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::call::unexpected;
 use crate::exit::{Exit, Failure};
 use crate::progress::{Bars, Display};
-use crate::{json, out, render};
+use crate::{again, json, out, render};
 
 /// The exit code a finished job maps to.
 pub fn job_exit(state: &JobState) -> Option<Exit> {
@@ -449,15 +449,19 @@ fn ended(id: JobId, info: &JobInfo, exit: Exit) -> Result<Exit, Failure> {
         JobState::Cancelled => Err(Failure::new(exit, format!("job {id} was cancelled"))),
         JobState::Paused => Err(Failure::new(
             exit,
-            format!("job {id} was paused; `arsnetctl resume {id}` continues it"),
+            format!(
+                "job {id} was paused; `{} resume {id}` continues it",
+                again::ctl()
+            ),
         )),
         _ => Ok(exit),
     }
 }
 
 fn continues(id: JobId) -> String {
+    let ctl = again::ctl();
     format!(
-        "job {id} continues in the daemon: `arsnetctl watch {id}` follows it again, `arsnetctl cancel {id}` stops it"
+        "job {id} continues in the daemon: `{ctl} watch {id}` follows it again, `{ctl} cancel {id}` stops it"
     )
 }
 
@@ -482,7 +486,8 @@ fn interrupted(id: JobId) -> Failure {
 /// The daemon went away (or broke the connection) while we followed a job: the job is saved
 /// with the daemon's state and continues when it runs again.
 fn lost(id: JobId, e: ClientError) -> Failure {
-    lost_with(e, &format!("job {id} is saved and continues when arsnetd runs again: `arsnetctl status {id}` then tells how it stands, `arsnetctl resume {id}` resumes it if it is paused, `arsnetctl cancel {id}` stops it"))
+    let ctl = again::ctl();
+    lost_with(e, &format!("job {id} is saved and continues when arsnetd runs again: `{ctl} status {id}` then tells how it stands, `{ctl} resume {id}` resumes it if it is paused, `{ctl} cancel {id}` stops it"))
 }
 
 /// A follow's error `e`; when the daemon went away, with `after`: what became of the jobs.
@@ -546,7 +551,8 @@ pub async fn watch_all(
 
 /// [`lost`] for `watch` without an id.
 fn lost_all(e: ClientError) -> Failure {
-    lost_with(e, "every job is saved and continues when arsnetd runs again: `arsnetctl list` then tells how they stand, `arsnetctl watch` follows them again")
+    let ctl = again::ctl();
+    lost_with(e, &format!("every job is saved and continues when arsnetd runs again: `{ctl} list` then tells how they stand, `{ctl} watch` follows them again"))
 }
 
 /// Shows one update of `watch` (without an id) in the chosen form.

@@ -95,9 +95,10 @@ pub async fn change(
         format!("job {id} {verb} (now {})", info.state.label())
     } else {
         format!(
-            "job {id}: {} requested, still pending (the job is {} until it reaches a durable point; `arsnetctl status {id}` shows when)",
+            "job {id}: {} requested, still pending (the job is {} until it reaches a durable point; `{} status {id}` shows when)",
             request_name(&request),
-            info.state.label()
+            info.state.label(),
+            crate::again::ctl()
         )
     };
     let value = serde_json::json!({

@@ -21,6 +21,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         .socket
         .clone()
         .unwrap_or_else(arsnet_client::paths::default_socket);
+    crate::again::remember(&socket);
     let (socket, json) = (socket.as_path(), cli.json);
     let simple = |request| async move { done(json, call(socket, request).await?) };
     match cli.command {
