@@ -517,11 +517,12 @@ impl Job {
                     {
                         self.sched.on_answered(conn);
                     }
-                    // An HTTP status is an answer too: the mirror is there, just not
-                    // serving now (and it may say when to come back).
+                    // An HTTP error status is no valid header: a mirror answering 404, 403
+                    // or 500 to every try is given up after `max_tries` like one that never
+                    // answers (a job holding verified data keeps retrying it), and waits at
+                    // least as long as its `Retry-After` asks between tries.
                     let retry_after = match &error {
                         SourceError::HttpStatus { retry_after, .. } => {
-                            self.sched.on_answered(conn);
                             retry_after.map(Duration::from_secs)
                         }
                         _ => None,

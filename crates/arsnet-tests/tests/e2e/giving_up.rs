@@ -206,3 +206,43 @@ fn a_source_that_answers_junk_is_given_up_and_named() {
         assert_eq!(written, 0, "nothing written from junk");
     }
 }
+
+/// A mirror that answers every request with an error status (404, 403, 500) is a source
+/// that never sent a valid header: given up after the tries, named with its status, so that
+/// a cron job's `fetch --wait` ends. (It was counted as "answered" and retried forever.)
+#[test]
+fn a_mirror_answering_only_errors_is_given_up_and_named() {
+    for (answer, status) in [
+        (
+            &b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+            "404",
+        ),
+        (
+            &b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+            "500",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
+        let (port, answered) = junk_server(answer);
+        let out = tmp.path().join("out");
+        let url = format!("http://127.0.0.1:{port}/x.img");
+        let out_arg = out.to_string_lossy().into_owned();
+        let args = ["fetch", "--wait", "--no-verify", "-o", &out_arg, "--source", &url];
+        let Some(done) = ctl_within(&client, &args, BOUND) else {
+            panic!(
+                "fetch --wait from a mirror answering {status} was still waiting after {BOUND:?}; log tail:\n{}",
+                tail(&client.log(), 30)
+            );
+        };
+        let stderr = text(&done.stderr);
+        assert_eq!(done.status.code(), Some(4), "job failed: {stderr}");
+        assert!(
+            stderr.contains(&url) && stderr.contains(status),
+            "the mirror is named with its status: {stderr}"
+        );
+        assert!(stderr.contains("after 3 attempts each"), "{stderr}");
+        let tries = answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(tries >= 3, "answered {tries} requests");
+    }
+}

@@ -62,3 +62,37 @@ fn a_server_stopped_behind_an_open_connection_loses_its_segments_to_the_others()
         tail(&log, 40)
     );
 }
+
+/// Slowness is not silence: a server sending 40 KB/s beside one 25 times faster
+/// delivers bytes every fraction of a second, and the client counts them as they arrive,
+/// so it is never dropped as silent (it may be as a laggard in the tail: that is the other
+/// rule). With progress counted per 128 KiB read (3 s apart at this rate), it was.
+#[test]
+fn a_slow_steady_server_beside_a_fast_one_is_not_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f.bin");
+    let data = write_file(&file, 6 << 20, 78);
+    // Segments of 1 MiB, so that the slow server is on one for 26 s: many 128 KiB reads.
+    let servers = TEST_CONFIG.replace("segment_size = 65536", "segment_size = 1048576");
+    let slow = Daemon::start_with_config(&tmp.path().join("slow"), &servers);
+    let fast = Daemon::start_with_config(&tmp.path().join("fast"), &servers);
+    let client = Daemon::start_with_config(&tmp.path().join("cli"), CLIENT);
+    let ports = free_ports(2);
+    serve(&slow, &file, &ports[..1], &["--rate", "40000"]);
+    serve(&fast, &file, &ports[1..], &["--rate", "1000000"]);
+    let out = tmp.path().join("out");
+    let job = fetch(&client, &out, &ports, &[]);
+    let done = client.wait_job(job, Duration::from_secs(120), |s| {
+        matches!(job_state(s).as_str(), "completed" | "failed" | "cancelled")
+    });
+    assert_eq!(job_state(&done), "completed", "{done}");
+    assert_same(&out.join("f.bin"), &data);
+    let address = format!("127.0.0.1:{}", ports[0]);
+    let log = client.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("reason=Silent") && l.contains(&address)),
+        "a slow but steady server is not silent:\n{}",
+        tail(&log, 40)
+    );
+}

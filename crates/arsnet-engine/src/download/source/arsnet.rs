@@ -288,12 +288,24 @@ async fn receive_segment<R: AsyncRead + Unpin>(
         ))?;
     let mut data = link.buffers.take(head.length as usize);
     for chunk in data.chunks_mut(READ_CHUNK) {
-        reader
-            .read_exact(chunk)
-            .await
-            .map_err(SourceError::Receive)?;
+        // Every read is progress as it arrives, not each whole chunk: a slow server's bytes
+        // (a chunk takes 3 s at 40 KB/s) would otherwise look like silence to the
+        // scheduler, and like bursts to the rate meter.
+        let mut filled = 0;
+        while filled < chunk.len() {
+            let n = reader
+                .read(&mut chunk[filled..])
+                .await
+                .map_err(SourceError::Receive)?;
+            if n == 0 {
+                return Err(SourceError::Receive(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            link.progressed(n);
+            filled += n;
+        }
         hasher.update(chunk);
-        link.progressed(chunk.len());
     }
     let verified = manifest.check_segment(head.segment, &hasher);
     Ok(SourceEvent::Segment {
