@@ -3,15 +3,27 @@
 
 use clap::Parser;
 
+/// Writes `bytes` to stdout for `--man`, `--completions` and `--check-config`. A reader
+/// that went away (`| head`) is not an error (what mattered was the exit code); any other
+/// write error is, and never a panic.
+fn write_stdout(bytes: &[u8], what: &str) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("arsnetd: cannot print {what}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
 /// `--man`: the manual page from the same definition as `--help`.
 fn print_man() -> std::process::ExitCode {
     use clap::CommandFactory;
-    use std::io::Write;
     let mut page = Vec::new();
-    let rendered = clap_mangen::Man::new(arsnetd::Args::command()).render(&mut page);
-    match rendered.and_then(|()| std::io::stdout().write_all(&page)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+    match clap_mangen::Man::new(arsnetd::Args::command()).render(&mut page) {
+        Ok(()) => write_stdout(&page, "the manual"),
         Err(e) => {
             eprintln!("arsnetd: cannot print the manual: {e}");
             std::process::ExitCode::FAILURE
@@ -22,16 +34,9 @@ fn print_man() -> std::process::ExitCode {
 /// `--completions SHELL`: the completion script from the same definition as `--help`.
 fn print_completions(shell: clap_complete::Shell) -> std::process::ExitCode {
     use clap::CommandFactory;
-    use std::io::Write;
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut arsnetd::Args::command(), "arsnetd", &mut script);
-    match std::io::stdout().write_all(&script) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("arsnetd: cannot print the completions: {e}");
-            std::process::ExitCode::FAILURE
-        }
-        _ => std::process::ExitCode::SUCCESS,
-    }
+    write_stdout(&script, "the completions")
 }
 
 /// The signals the daemon acts on, made deliverable from its first line.
@@ -80,8 +85,7 @@ fn main() -> std::process::ExitCode {
             |p| p.display().to_string(),
         );
         eprintln!("arsnetd: configuration OK ({source}); in effect:");
-        print!("{}", config.to_toml());
-        return std::process::ExitCode::SUCCESS;
+        return write_stdout(config.to_toml().as_bytes(), "the configuration");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

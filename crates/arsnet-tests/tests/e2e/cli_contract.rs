@@ -195,21 +195,25 @@ fn a_closed_stdout_ends_streaming_commands_like_coreutils() {
     assert_eq!(job_state(&s.client.status(1)), "running");
 }
 
+/// A stdout whose reader is already gone: the first write meets EPIPE.
+fn closed_stdout() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors we then own; the read end is closed at once.
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::os::fd::OwnedFd::from_raw_fd(fds[1])
+    };
+    Stdio::from(write_end)
+}
+
 #[test]
 fn help_to_a_stdout_already_closed_ends_by_sigpipe_too() {
     for args in [&["--help"][..], &["fetch", "--help"], &["--json", "--help"]] {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills two descriptors we then own; the read end is closed at once,
-        // so the child's first write to stdout meets EPIPE.
-        let stdout = unsafe {
-            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
-            libc::close(fds[0]);
-            std::os::fd::OwnedFd::from_raw_fd(fds[1])
-        };
         let out = Command::new(bin("arsnetctl"))
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
+            .stdout(closed_stdout())
             .stderr(Stdio::piped())
             .output()
             .expect("run arsnetctl");
@@ -220,6 +224,27 @@ fn help_to_a_stdout_already_closed_ends_by_sigpipe_too() {
             "{args:?}: {:?} {stderr}",
             out.status
         );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // The daemon's printing flags answer with their exit code, never a panic (101).
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["--check-config"][..],
+        &["--man"],
+        &["--completions", "bash"],
+    ] {
+        let out = Command::new(bin("arsnetd"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(tmp.path())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(closed_stdout())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run arsnetd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
