@@ -65,6 +65,11 @@ struct Job {
     /// adopted), once it holds any.
     owner_tag: Option<JobTag>,
     bytes_done: u64,
+    /// The size of the file a resume found already published and verified (no manifest is
+    /// read then): what the job's figures show for it.
+    found_finished: Option<u64>,
+    /// Set when `fetch -r` found the decided content already saved under its name.
+    already_saved: Option<PathBuf>,
     durable: u64,
     finishing: bool,
     activity: Activity,
@@ -197,6 +202,8 @@ impl Job {
             adopted_bytes: 0,
             owner_tag: None,
             bytes_done: 0,
+            found_finished: None,
+            already_saved: None,
             durable: 0,
             finishing: false,
             activity: Activity::Starting,
@@ -223,7 +230,16 @@ impl Job {
             return Ok(None);
         }
         match storage::resume(&self.spec, &self.dir).await? {
-            Resumed::Finished(path) => Ok(Some(path)),
+            Resumed::Finished(path) => {
+                // Shown only: the file was verified through its descriptor already.
+                if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                    self.found_finished = Some(meta.len());
+                    self.bytes_done = meta.len();
+                    // Nothing was fetched by this run: its average rate is of nothing.
+                    self.adopted_bytes = meta.len();
+                }
+                Ok(Some(path))
+            }
             Resumed::Fresh => Ok(None),
             Resumed::Adopted(store, mut adopted) => {
                 let manifest = Arc::new(store.manifest().clone());
@@ -314,6 +330,10 @@ impl Job {
             if let Err(reason) = self.advance().await {
                 return self.abort(reason).await;
             }
+            if let Some(path) = self.already_saved.take() {
+                self.close_all("the file is already saved");
+                return Outcome::Completed(path);
+            }
             let deadline = self
                 .sched
                 .next_deadline()
@@ -374,6 +394,10 @@ impl Job {
         }
         self.execute_actions();
         self.open_store_once_decided().await?;
+        if self.already_saved.is_some() {
+            // Nothing to write or finish: the run loop ends the job with the saved file.
+            return Ok(());
+        }
         match self.sched.phase() {
             // Without an end check a sample still running is the only one that may yet
             // convict a mirror: finish once it has spoken. With one, the end check (and
@@ -664,6 +688,18 @@ impl Job {
                 self.sched.on_stored_elsewhere(now, &adopted.segments);
                 store
             }
+            Opened::AlreadySaved(path) => {
+                // Every segment is there, and nothing was fetched by this run.
+                let all: Vec<u64> = (0..manifest.segment_count()).collect();
+                let now = self.now();
+                self.sched.on_stored_elsewhere(now, &all);
+                self.found_finished = Some(manifest.size);
+                self.bytes_done = manifest.size;
+                self.adopted_bytes = manifest.size;
+                self.set_manifest(manifest);
+                self.already_saved = Some(path);
+                return Ok(());
+            }
         };
         self.start_writer(*store);
         self.set_manifest(manifest);
@@ -937,7 +973,11 @@ impl Job {
             activity,
             name: self.manifest.as_ref().map(|m| m.name.clone()),
             figures: RunFigures {
-                size: self.manifest.as_ref().map(|m| m.size),
+                size: self
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.size)
+                    .or(self.found_finished),
                 segments_total: self.sched.segment_count(),
                 segments_done: self.sched.segments_done(),
                 bytes_done: self.bytes_done,

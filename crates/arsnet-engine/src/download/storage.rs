@@ -29,6 +29,9 @@ pub(crate) enum Opened {
     Created(Box<DownloadStore>),
     /// `fetch -r` found an orphan's partial files of this very content and continues them.
     Adopted(Box<DownloadStore>, Adopted),
+    /// `fetch -r` found `DIR/NAME` already there and verified as this very content (last
+    /// night's run of a nightly fetch): the download is done, nothing is fetched.
+    AlreadySaved(PathBuf),
 }
 
 /// Runs `f` on the blocking pool.
@@ -184,10 +187,43 @@ pub(crate) async fn open_store(
         Err(StoreError::PartialExists(path)) if spec.resume => {
             adopt_after_election(spec, dir, manifest, path).await
         }
+        Err(StoreError::TargetExists(path)) if spec.resume => {
+            match already_saved(spec, dir, manifest).await? {
+                Some(saved) => Ok(Opened::AlreadySaved(saved)),
+                None => Err(DownloadError::TargetExists(path)),
+            }
+        }
         Err(StoreError::TargetExists(path)) => Err(DownloadError::TargetExists(path)),
         Err(StoreError::PartialExists(path)) => Err(DownloadError::PartialExists(path)),
         Err(e) => Err(DownloadError::Create(Arc::new(e))),
     }
+}
+
+/// `DIR/NAME`, when it is a file of ours whose hash is the decided content (through the
+/// same check as a restored job's published file); `None` when it is anything else, or
+/// when nothing can tell (mirrors alone without a pin).
+async fn already_saved(
+    spec: &DownloadSpec,
+    dir: &Dir,
+    manifest: &Arc<Manifest>,
+) -> Result<Option<PathBuf>, DownloadError> {
+    let expected = if manifest.is_unproven() {
+        spec.pin
+    } else {
+        Some(arsnet_proto::control::Pin::Blake3(manifest.root))
+    };
+    let Some(expected) = expected else {
+        return Ok(None);
+    };
+    let (d, name, tag, give_to) = (held(dir)?, manifest.name.clone(), spec.tag, spec.give_to);
+    let saved =
+        blocking(move || DownloadStore::verify_published(&d, &name, &expected, &tag, give_to))
+            .await?
+            .map_err(resume_error)?;
+    if let Some(path) = &saved {
+        info!(job = spec.id, path = %path.display(), "the file is already saved and verified as this content");
+    }
+    Ok(saved)
 }
 
 /// `fetch -r` found partial files it could not take before the content was known (an

@@ -1017,3 +1017,37 @@ fn every_command_has_a_manual_page_naming_its_options() {
         }
     }
 }
+
+/// The nightly `fetch -r --wait` of the README's cron example, on the night after the file
+/// arrived: the download is found already published and verified, and its `saved` line and
+/// figures say how big it is (they said "(?)" and 0 bytes).
+#[test]
+fn fetch_r_of_a_file_already_saved_names_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start(&tmp.path().join("cli"));
+    let file = tmp.path().join("nightly.bin");
+    let data = write_file(&file, 1 << 20, 5);
+    let ports = free_ports(2);
+    serve(&servers, &file, &ports, &[]);
+    let out = tmp.path().join("out");
+    let args = fetch_args(&out, &ports, &["-r", "--wait"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for night in ["first", "second"] {
+        let done = ctl_within(&client, &args, LONG).expect("fetch -r --wait ends");
+        let stdout = String::from_utf8_lossy(&done.stdout);
+        assert_eq!(done.status.code(), Some(0), "{night} night: {stdout}");
+        let saved = stdout
+            .lines()
+            .rfind(|l| l.contains("saved "))
+            .unwrap_or_else(|| panic!("{night} night: no saved line in {stdout}"));
+        assert!(
+            !saved.contains("(?)") && saved.contains("verified"),
+            "{night} night: {saved}"
+        );
+    }
+    assert_same(&out.join("nightly.bin"), &data);
+    let second = client.status(2);
+    assert_eq!(second["size"], 1 << 20, "{second}");
+    assert_eq!(second["bytes_done"], 1 << 20, "{second}");
+}
