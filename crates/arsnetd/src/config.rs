@@ -305,11 +305,6 @@ impl Config {
                 "download.mirror_connections must be at least 1".into(),
             ));
         }
-        if self.download.commit_batch == 0 {
-            return Err(ConfigError::Invalid(
-                "download.commit_batch must be at least 1".into(),
-            ));
-        }
         let d = &self.download;
         // Zero would mean "time out at once" (or, for the backoff, reconnect in a busy loop).
         for (name, value) in [
@@ -319,6 +314,7 @@ impl Config {
             ("download.backoff_initial_ms", d.backoff_initial_ms),
             ("download.backoff_max_secs", d.backoff_max_secs),
             ("download.commit_interval_ms", d.commit_interval_ms),
+            ("download.commit_batch", d.commit_batch as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
