@@ -94,7 +94,13 @@ pub enum DownloadError {
     /// The `ContentHook` could not save the accepted content.
     #[error("cannot record the download before writing it: {0}")]
     ContentHook(Arc<RecordError>),
-    /// The scheduler gave up: every source is blamed, or there are none.
+    /// Every source was ruled out (bad data, other content, a refusal), each with why.
+    #[error(
+        "every source was ruled out: {}; check the addresses and any pin",
+        describe_failures(.0)
+    )]
+    AllBlamed(Vec<SourceFailure>),
+    /// The scheduler gave up: there are no sources.
     #[error("{0}")]
     AllSourcesFailed(FailReason),
     /// No source ever answered (or the ones that did were blamed) and nothing was verified:

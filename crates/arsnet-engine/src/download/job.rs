@@ -1036,6 +1036,20 @@ impl Job {
                     .collect();
                 DownloadError::Unreachable { attempts, sources }
             }
+            // Each source with why it was ruled out, so that a cron mail says what to fix.
+            FailReason::AllBlamed => DownloadError::AllBlamed(
+                self.meters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| SourceFailure {
+                        address: m.address.clone(),
+                        error: match self.sched.server_state(i) {
+                            arsnet_sched::ServerState::Blamed(reason) => reason.clone(),
+                            other => format!("{other:?}"),
+                        },
+                    })
+                    .collect(),
+            ),
             other => DownloadError::AllSourcesFailed(other),
         }
     }

@@ -246,3 +246,33 @@ fn a_mirror_answering_only_errors_is_given_up_and_named() {
         assert!(tries >= 3, "answered {tries} requests");
     }
 }
+
+/// Every source ruled out (here: a pin no server's content matches): the failure names
+/// each source with why, so that a cron mail says what to fix (it said only "every server
+/// sent bad data or a mismatching header").
+#[test]
+fn a_job_whose_every_source_is_ruled_out_names_each_with_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = Daemon::start(&tmp.path().join("srv"));
+    let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
+    let file = tmp.path().join("x.bin");
+    write_file(&file, 256 << 10, 9);
+    let ports = free_ports(2);
+    serve(&servers, &file, &ports, &[]);
+    let other = blake3::hash(b"some other file").to_hex().to_string();
+    let out = tmp.path().join("out");
+    let args = fetch_args(&out, &ports, &["--wait", "--blake3", &other]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Generous: only a hang (the old behaviour of other cases) must fail this.
+    let bound = Duration::from_secs(180);
+    let done = ctl_within(&client, &args, bound).expect("a job of ruled-out sources ends");
+    let stderr = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("every source was ruled out"), "{stderr}");
+    for port in &ports {
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port} (")),
+            "{port} named with why: {stderr}"
+        );
+    }
+}
