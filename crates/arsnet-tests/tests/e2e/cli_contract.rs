@@ -590,6 +590,23 @@ fn a_non_utf8_argument_or_a_closed_stderr_is_no_panic() {
     let docs = conforming(&v, "a non-UTF-8 argument", &out.stdout);
     assert_eq!(docs[0]["error"]["exit"], 2);
 
+    // A path that is not UTF-8 (the control protocol carries paths as text) is a usage
+    // error before anything is created or sent: not "daemon unreachable" (3), and no
+    // directory left behind.
+    let d = Daemon::start(&tmp.path().join("d"));
+    let out_dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"out-\xff"));
+    let out = Command::new(bin("arsnetctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["fetch", "-a", "127.0.0.1", "-p", "40000", "-o"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
+    assert!(!out_dir.exists(), "nothing created");
+
     // A closed stderr loses the message, not the exit code: 3 (no daemon), never 101.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);

@@ -10,7 +10,19 @@ use arsnet_proto::control::{Request, Response};
 use crate::exit::{Exit, Failure};
 use crate::out;
 
+/// `path` made absolute for the daemon (which has another working directory). The control
+/// protocol carries paths as UTF-8 text: a path that is not is a usage error here, before
+/// anything is created or sent (it was refused by the daemon as a malformed frame, exit 3).
 pub fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    if path.to_str().is_none() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{}: not valid UTF-8, which the control protocol needs of paths; rename it, or use a link with a UTF-8 name",
+                path.display()
+            ),
+        ));
+    }
     std::path::absolute(path)
         .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", path.display())))
 }
