@@ -35,6 +35,15 @@ fn drops_of(w: &World, reason: &DropReason) -> Vec<(Duration, usize)> {
         .collect()
 }
 
+fn assert_none_silent(w: &World) {
+    let silent = drops_of(w, &DropReason::Silent);
+    assert!(
+        silent.is_empty(),
+        "silent drops {silent:?} among {:?}",
+        w.log.drops
+    );
+}
+
 /// Four equal servers (2 MiB/s, 64 KiB segments: about 31 ms a segment, so the silence limit
 /// is the 2 s floor); the ones in `silent` stop sending at `at` with their sockets open, as
 /// a SIGSTOPped process does.
@@ -132,11 +141,7 @@ fn a_lone_server_that_stops_is_dropped_only_after_the_stall_timeout() {
     w.run(secs(60.0));
     w.assert_complete();
     w.assert_each_stored_once(&[]);
-    assert!(
-        drops_of(&w, &DropReason::Silent).is_empty(),
-        "{:?}",
-        w.log.drops
-    );
+    assert_none_silent(&w);
     let stalled = drops_of(&w, &DropReason::Stalled);
     assert_eq!(stalled.len(), 1, "{:?}", w.log.drops);
     // Its last bytes arrived within a segment time of the stop.
@@ -157,11 +162,7 @@ fn servers_all_stopping_at_once_are_not_silent_to_each_other() {
     w.run(secs(60.0));
     w.assert_complete();
     w.assert_each_stored_once(&[]);
-    assert!(
-        drops_of(&w, &DropReason::Silent).is_empty(),
-        "{:?}",
-        w.log.drops
-    );
+    assert_none_silent(&w);
     let stalled = drops_of(&w, &DropReason::Stalled);
     assert_eq!(stalled.len(), 4, "{:?}", w.log.drops);
     assert!(stalled
@@ -184,11 +185,7 @@ fn a_trickling_server_is_not_silent() {
     w.run(secs(120.0));
     w.assert_complete();
     w.assert_each_stored_once(&[]);
-    assert!(
-        drops_of(&w, &DropReason::Silent).is_empty(),
-        "{:?}",
-        w.log.drops
-    );
+    assert_none_silent(&w);
     assert!(w.log.stores_per_server[3] >= 1, "it did deliver");
     // The tail begins once every segment was handed out.
     let tail = (0..600)
