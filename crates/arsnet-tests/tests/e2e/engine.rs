@@ -563,7 +563,15 @@ fn a_file_changed_while_served_is_never_delivered_mixed() {
     // ...then they re-hash, and the download of the old content fails clearly.
     let st = client.wait_job(job, LONG, terminal);
     assert_eq!(job_state(&st), "failed", "{st}");
-    assert!(st.to_string().contains("mismatching header"), "{st}");
+    // Each server named, with why: it now serves other content than the job's.
+    let reason = st["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("every source was ruled out") && reason.contains("serves other content"),
+        "{st}"
+    );
+    for port in &ports {
+        assert!(reason.contains(&format!("127.0.0.1:{port} (")), "{st}");
+    }
     assert!(servers.log().contains("re-hashed"));
     assert!(
         !out.join("moving.bin").exists(),
