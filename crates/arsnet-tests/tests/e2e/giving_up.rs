@@ -149,7 +149,17 @@ fn a_job_that_heard_from_its_source_is_not_given_up_after_a_restart() {
 /// listens at the address, but not an ArsNet server. Returns its port and a count of the
 /// connections it answered.
 fn junk_server(junk: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::Write;
+    answer_server(junk, false)
+}
+
+/// [`junk_server`]; with `read_request`, it first reads the request's head (up to the blank
+/// line), as an HTTP server does: an answer written before the request would be a protocol
+/// error of its own, not the status it carries.
+fn answer_server(
+    answer: &'static [u8],
+    read_request: bool,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -158,10 +168,18 @@ fn junk_server(junk: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::A
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while read_request && !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
             // Counted before the answer, which the client must read before it gives up.
             count.fetch_add(1, Ordering::SeqCst);
             // The client may have hung up already; only the answer matters.
-            let _ = conn.write_all(junk);
+            let _ = conn.write_all(answer);
         }
     });
     (port, answered)
@@ -207,35 +225,6 @@ fn a_source_that_answers_junk_is_given_up_and_named() {
     }
 }
 
-/// An HTTP server that reads each request's head, then answers `answer` and closes (an
-/// answer written before the request would be a protocol error of its own, not the status).
-fn http_answer_server(
-    answer: &'static [u8],
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let answered = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = answered.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-                match conn.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            count.fetch_add(1, Ordering::SeqCst);
-            let _ = conn.write_all(answer);
-        }
-    });
-    (port, answered)
-}
-
 /// A mirror that answers every request with an error status (404, 403, 500) is a source
 /// that never sent a valid header: given up after the tries, named with its status, so that
 /// a cron job's `fetch --wait` ends. (It was counted as "answered" and retried forever.)
@@ -253,7 +242,7 @@ fn a_mirror_answering_only_errors_is_given_up_and_named() {
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let client = Daemon::start_with_config(&tmp.path().join("cli"), CONFIG);
-        let (port, answered) = http_answer_server(answer);
+        let (port, answered) = answer_server(answer, true);
         let out = tmp.path().join("out");
         let url = format!("http://127.0.0.1:{port}/x.img");
         let out_arg = out.to_string_lossy().into_owned();
