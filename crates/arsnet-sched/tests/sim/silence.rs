@@ -224,7 +224,13 @@ fn two_servers() -> (Scheduler, Vec<ConnId>) {
         pipeline_depth: 1,
         ..Config::default()
     };
-    let mut s = Scheduler::with_layout(config, 2, layout(), &[], Duration::ZERO);
+    started(config, 2, layout())
+}
+
+/// `servers` connected with headers at 1 ms; servers 0 and 1 deliver segments 0 and 1 at
+/// 101 ms (the fastest segment time, 100 ms) and are given their next work.
+fn started(config: Config, servers: usize, layout: Layout) -> (Scheduler, Vec<ConnId>) {
+    let mut s = Scheduler::with_layout(config, servers, layout, &[], Duration::ZERO);
     let conns: Vec<ConnId> = drain(&mut s)
         .into_iter()
         .filter_map(|a| match a {
@@ -233,7 +239,7 @@ fn two_servers() -> (Scheduler, Vec<ConnId>) {
         })
         .collect();
     for &c in &conns {
-        s.on_header(ms(1), c, layout());
+        s.on_header(ms(1), c, layout);
     }
     drain(&mut s);
     assert_eq!(
@@ -405,28 +411,8 @@ fn a_refill_after_idling_restarts_the_silence_clock() {
         segment_count: 4,
         ..layout()
     };
-    let mut s = Scheduler::with_layout(config, 3, small, &[], Duration::ZERO);
-    let conns: Vec<ConnId> = drain(&mut s)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Connect { conn, .. } => Some(conn),
-            _ => None,
-        })
-        .collect();
-    for &c in &conns {
-        s.on_header(ms(1), c, small);
-    }
-    drain(&mut s);
     // Server 0 delivers 0 and takes 3; server 1 delivers 1 and idles (nothing is left).
-    assert_eq!(
-        s.on_segment(ms(101), conns[0], 0, true),
-        SegmentVerdict::Store
-    );
-    assert_eq!(
-        s.on_segment(ms(101), conns[1], 1, true),
-        SegmentVerdict::Store
-    );
-    drain(&mut s);
+    let (mut s, conns) = started(config, 3, small);
     // Servers 0 and 2 keep sending; at 5 s server 2's connection resets, and its segment 2
     // goes to idle server 1.
     for t in (200..=5000).step_by(100) {

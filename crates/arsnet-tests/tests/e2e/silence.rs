@@ -10,17 +10,11 @@ use crate::util::*;
 
 /// The client never drops a connection as *stalled* within this test: only the relative
 /// silence rule (2 s here: the floor, as 8 × a 64 KiB segment at 256 KB/s is 2 s) can.
-const CLIENT: &str = r#"
-segment_size = 65536
-[download]
-pipeline_depth = 4
-stall_timeout_secs = 120
-connect_timeout_secs = 5
-backoff_initial_ms = 100
-backoff_max_secs = 1
-commit_batch = 8
-commit_interval_ms = 100
-"#;
+fn client_config() -> String {
+    let config = TEST_CONFIG.replace("stall_timeout_secs = 5", "stall_timeout_secs = 120");
+    assert!(config.contains("stall_timeout_secs = 120"), "{config}");
+    config
+}
 
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child process this test started.
@@ -34,7 +28,7 @@ fn a_server_stopped_behind_an_open_connection_loses_its_segments_to_the_others()
     let data = write_file(&file, 4 << 20, 77);
     let quiet = Daemon::start(&tmp.path().join("quiet"));
     let steady = Daemon::start(&tmp.path().join("steady"));
-    let client = Daemon::start_with_config(&tmp.path().join("cli"), CLIENT);
+    let client = Daemon::start_with_config(&tmp.path().join("cli"), &client_config());
     let ports = free_ports(2);
     serve(&quiet, &file, &ports[..1], &["--rate", "262144"]);
     serve(&steady, &file, &ports[1..], &["--rate", "262144"]);
@@ -76,7 +70,7 @@ fn a_slow_steady_server_beside_a_fast_one_is_not_silent() {
     let servers = TEST_CONFIG.replace("segment_size = 65536", "segment_size = 1048576");
     let slow = Daemon::start_with_config(&tmp.path().join("slow"), &servers);
     let fast = Daemon::start_with_config(&tmp.path().join("fast"), &servers);
-    let client = Daemon::start_with_config(&tmp.path().join("cli"), CLIENT);
+    let client = Daemon::start_with_config(&tmp.path().join("cli"), &client_config());
     let ports = free_ports(2);
     serve(&slow, &file, &ports[..1], &["--rate", "40000"]);
     serve(&fast, &file, &ports[1..], &["--rate", "1000000"]);
