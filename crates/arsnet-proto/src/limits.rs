@@ -14,12 +14,6 @@ pub const MIN_SEGMENT_SIZE: u32 = 4 * 1024;
 pub const MAX_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
 /// Default segment size for served files.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 1024 * 1024;
-/// Segment size of a job whose sources are all HTTP mirrors (its layout is the job's own
-/// choice: no server announced one). Smaller than a server's: a segment is what a dead
-/// connection loses, what an endgame copy fetches twice and what a cross-check sample costs,
-/// and on a slow link a 1 MiB segment is a long tail. An HTTP response's headers cost
-/// about 0.1 % of 256 KiB.
-pub const MIRROR_SEGMENT_SIZE: u32 = 256 * 1024;
 /// Servers grow the segment size (doubling) until a file has at most this many segments.
 pub const TARGET_MAX_SEGMENTS: u64 = 1 << 20;
 /// Largest segment count a header may announce: bounds the digest table a client holds

@@ -10,8 +10,7 @@
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 
 use crate::limits::{
-    DEFAULT_SEGMENT_SIZE, MAX_SEGMENTS, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, MIRROR_SEGMENT_SIZE,
-    TARGET_MAX_SEGMENTS,
+    DEFAULT_SEGMENT_SIZE, MAX_SEGMENTS, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, TARGET_MAX_SEGMENTS,
 };
 use crate::name::{validate_file_name, NameError};
 
@@ -79,7 +78,7 @@ impl Manifest {
     /// identity: its segments cannot be checked one by one, and the job checks the whole
     /// file against the user's pin before publishing instead. See [`Manifest::is_unproven`].
     pub fn unproven(name: String, size: u64) -> Result<Self, ManifestError> {
-        let segment_size = grow_segment_size(MIRROR_SEGMENT_SIZE, size);
+        let segment_size = choose_segment_size(size);
         let count = segment_count(size, segment_size);
         check_layout(size, segment_size, count)?;
         let digests = vec![[0u8; 32]; usize::try_from(count).unwrap_or(usize::MAX)];
@@ -224,13 +223,7 @@ pub fn segment_range(size: u64, segment_size: u32, index: u64) -> (u64, u32) {
 /// The segment size a server uses for a file of `size` bytes: 1 MiB, doubled until the file
 /// has at most 2^20 segments (so the digest table stays small), capped at the maximum.
 pub fn choose_segment_size(size: u64) -> u32 {
-    grow_segment_size(DEFAULT_SEGMENT_SIZE, size)
-}
-
-/// `start`, doubled until a file of `size` bytes has at most 2^20 segments (so the tables
-/// per segment stay small), capped at the maximum.
-fn grow_segment_size(start: u32, size: u64) -> u32 {
-    let mut segment_size = start;
+    let mut segment_size = DEFAULT_SEGMENT_SIZE;
     while segment_size < MAX_SEGMENT_SIZE && segment_count(size, segment_size) > TARGET_MAX_SEGMENTS
     {
         segment_size *= 2;
@@ -414,15 +407,6 @@ mod tests {
         assert_eq!(choose_segment_size(1 << 40), 1 << 20);
         assert_eq!(choose_segment_size((1 << 40) + 1), 2 << 20);
         assert_eq!(choose_segment_size(u64::MAX), MAX_SEGMENT_SIZE);
-        // A mirror job's layout starts smaller, and grows the same way.
-        assert_eq!(
-            grow_segment_size(MIRROR_SEGMENT_SIZE, 1 << 30),
-            MIRROR_SEGMENT_SIZE
-        );
-        assert_eq!(
-            grow_segment_size(MIRROR_SEGMENT_SIZE, (1 << 38) + 1),
-            512 << 10
-        );
     }
 
     #[test]
@@ -440,7 +424,7 @@ mod tests {
         for size in [1u64, 4096, 5 << 20, (3 << 30) + 7] {
             let m = Manifest::unproven("x.img".into(), size).unwrap();
             assert!(m.validate().is_ok() && m.is_unproven(), "{size}");
-            assert_eq!(m.segment_size, grow_segment_size(MIRROR_SEGMENT_SIZE, size));
+            assert_eq!(m.segment_size, choose_segment_size(size));
             assert_eq!(m.segment_count(), segment_count(size, m.segment_size));
         }
         let data = vec![7u8; 3 << 20];

@@ -6,7 +6,7 @@
 //! on an event sequence: unknown and stale connection ids, out-of-range segments and events
 //! after the job ended are ignored or answered with a protocol drop.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::action::{Action, DropReason, SegmentVerdict};
@@ -87,9 +87,6 @@ pub struct Scheduler {
     /// Servers that cannot name the content (HTTP mirrors, which know only a size): they
     /// never vote, no election waits for them, and they serve once others decided it.
     followers: BTreeSet<ServerId>,
-    /// Servers whose connections keep fewer segments in flight than `pipeline_depth`
-    /// (see [`Scheduler::set_depth`]).
-    depths: BTreeMap<ServerId, usize>,
 }
 
 impl Scheduler {
@@ -108,7 +105,6 @@ impl Scheduler {
             election: None,
             disagreement: None,
             followers: BTreeSet::new(),
-            depths: BTreeMap::new(),
         };
         for server in 0..servers {
             scheduler.connect(server, now);
@@ -139,7 +135,6 @@ impl Scheduler {
             election: None,
             disagreement: None,
             followers: BTreeSet::new(),
-            depths: BTreeMap::new(),
         };
         scheduler.settle(now);
         if !scheduler.complete {
@@ -218,18 +213,6 @@ impl Scheduler {
     pub fn set_follower(&mut self, server: ServerId) {
         if server < self.servers.len() {
             self.followers.insert(server);
-        }
-    }
-
-    /// Keeps at most `depth` segments (at least 1) in flight on `server`'s connections
-    /// instead of `pipeline_depth`. For a source that runs its requests side by side rather
-    /// than pipelined (an HTTP mirror: one TCP connection per request): a segment asked of
-    /// it beyond those it runs only waits in its queue, where in the tail of a job no faster
-    /// server can take it. Out-of-range ids are ignored.
-    pub fn set_depth(&mut self, server: ServerId, depth: usize) {
-        if server < self.servers.len() {
-            self.depths
-                .insert(server, depth.clamp(1, self.config.depth()));
         }
     }
 
@@ -517,8 +500,7 @@ impl Scheduler {
         self.servers.set_storage_busy(true, now, &self.config);
     }
 
-    /// The storage takes data again: every connection's silence clock moves forward by the
-    /// time the storage was busy (silence before it still counts; see `Servers`).
+    /// The storage takes data again: every connection's silence clock restarts at `now`.
     pub fn on_storage_ready(&mut self, now: Duration) {
         if self.complete || !self.servers.storage_busy() {
             return;
@@ -1001,11 +983,7 @@ impl Scheduler {
     /// Tops up `server`'s pipeline: lowest Missing segments first, then (endgame) copies of
     /// the oldest outstanding segments held elsewhere.
     fn fill(&mut self, server: ServerId, now: Duration) {
-        let depth = self
-            .depths
-            .get(&server)
-            .copied()
-            .unwrap_or(self.config.depth());
+        let depth = self.config.depth();
         let (Some(job), Some(conn)) = (self.job.as_mut(), self.servers.conn_mut(server)) else {
             return;
         };

